@@ -1,0 +1,166 @@
+"""Concatenation, splitting, slicing and padding along possibly-labelled dims."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..labels import CONST, compress, expand_dims
+from . import register_op
+
+
+def _dim(args, kwargs, pos, default=0):
+    if "dim" in kwargs:
+        return kwargs["dim"]
+    if "axis" in kwargs:
+        return kwargs["axis"]
+    return args[pos] if len(args) > pos and isinstance(args[pos], int) else default
+
+
+@register_op("cat", "concat", "concatenate", "stack")
+def cat(state, func, name, args, kwargs, out):
+    seq = args[0] if args else kwargs.get("tensors")
+    d = _dim(args, kwargs, 1)
+    if name == "stack":
+        seq = [t.unsqueeze(d) for t in seq]
+        state_labels = [state.get(t0).unsqueeze(d % (t0.dim() + 1)) for t0 in (args[0] if args else kwargs["tensors"])]
+    else:
+        state_labels = [state.get(t) for t in seq]
+    nd = out.dim()
+    d = d % nd
+    labs = []
+    target = [1] * nd
+    for lab in state_labels:
+        lab = lab.reshape((1,) * (nd - lab.dim()) + tuple(lab.shape))
+        for k in range(nd):
+            if k != d:
+                target[k] = max(target[k], lab.shape[k])
+        labs.append(lab)
+    pieces = []
+    for lab, t in zip(labs, seq):
+        size = [target[k] if k != d else t.shape[d] for k in range(nd)]
+        pieces.append(lab.expand(size))
+    state.set(out, compress(torch.cat(pieces, d)))
+
+
+def _split_pieces(state, x, d):
+    lab = state.get(x)
+    if lab.shape[d] == 1 and x.shape[d] > 1:
+        return lab, False
+    return lab, True
+
+
+@register_op("chunk", "split", "tensor_split", "split_with_sizes", "unbind", "hsplit", "vsplit")
+def split(state, func, name, args, kwargs, out):
+    """Splitting a labelled dim. `chunk` (equal parts that follow the tensor's size) stays correct after pruning if
+    every part loses the same positions, so parts are tied in lockstep. Splits by explicit sizes are fixed by
+    constants in the user's code: the channels along that dim are pinned."""
+    x = args[0]
+    if name == "unbind":
+        d = _dim(args, kwargs, 1)
+    elif name in ("hsplit", "vsplit"):
+        d = 1 if name == "hsplit" else 0
+    else:
+        d = _dim(args, kwargs, 2)
+    d = d % x.dim()
+    lab, labelled = _split_pieces(state, x, d)
+    parts = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not labelled:
+        for p in parts:
+            state.set(p, lab)
+        return
+    full = expand_dims(lab, x.shape, [d])
+    sizes = [p.shape[d] if name != "unbind" else 1 for p in parts]
+    pieces = torch.split(full, sizes, d)
+    equal = len(set(sizes)) == 1 and sum(sizes) == x.shape[d]
+    if name == "chunk" and equal:
+        for piece in pieces[1:]:
+            state.uf.union_pairs(pieces[0], piece)
+    else:
+        state.uf.pin(full, f"split into fixed sizes {sizes} by {state.where(name)}")
+    for p, piece in zip(parts, pieces):
+        piece = piece.squeeze(d) if name == "unbind" else piece
+        state.set(p, compress(piece))
+
+
+def _is_full(s: slice, size: int) -> bool:
+    return s.step in (None, 1) and (s.start in (None, 0)) and (s.stop is None or s.stop >= size)
+
+
+@register_op("__getitem__")
+def getitem(state, func, name, args, kwargs, out):
+    x, idx = args[0], args[1]
+    if not isinstance(out, torch.Tensor):
+        return
+    lab = state.get(x)
+    items = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, torch.Tensor) and i.dtype != torch.bool and i.dim() > 0 for i in items) or \
+            any(isinstance(i, (list,)) for i in items):
+        labelled_axes = _labelled_index_axes(lab, x, items)
+        if labelled_axes:
+            return state.unknown("indexing by tensor", [x])
+    # Expand labels along every dim that is indexed with something other than a full slice.
+    dims = _indexed_dims(x, items)
+    for d, it in dims:
+        if lab.dim() > d and lab.shape[d] > 1 and not (isinstance(it, slice) and _is_full(it, x.shape[d])):
+            state.uf.pin(lab, f"indexing a channel dim with a constant by {state.where('[]')}")
+            state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))
+            return
+    full = expand_dims(lab, x.shape, [d for d, _ in dims if d < lab.dim() and lab.shape[d] == 1 and x.shape[d] > 1])
+    try:
+        res = full[idx]
+    except Exception:
+        return state.unknown("[]", [x])
+    state.set(out, compress(res.reshape(out.shape) if res.numel() == out.numel() else res))
+
+
+def _indexed_dims(x, items):
+    dims, d = [], 0
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    for it in items:
+        if it is Ellipsis:
+            d += x.dim() - n_real
+            continue
+        if it is None:
+            continue
+        dims.append((d, it))
+        d += 1
+    return dims
+
+
+def _labelled_index_axes(lab, x, items):
+    return [d for d, it in _indexed_dims(x, items) if d < lab.dim() and lab.shape[d] > 1]
+
+
+@register_op("narrow", "select", "index_select")
+def narrow(state, func, name, args, kwargs, out):
+    x = args[0]
+    d = _dim(args, kwargs, 1) % x.dim()
+    lab = state.get(x)
+    if lab.shape[d] > 1:
+        state.uf.pin(lab, f"selecting fixed positions of a channel dim by {state.where(name)}")
+        state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))
+        return
+    state.set(out, lab.squeeze(d) if name == "select" else lab)
+
+
+@register_op("pad")
+def pad(state, func, name, args, kwargs, out):
+    """Constant padding: padded positions are constant content; positions of a padded channel dim follow."""
+    x = args[0]
+    amounts = list(args[1] if len(args) > 1 else kwargs["pad"])
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    lab = state.get(x)
+    nd = x.dim()
+    dims_padded = [nd - 1 - i // 2 for i in range(0, len(amounts), 2) if amounts[i] or amounts[i + 1]]
+    labelled = [d for d in dims_padded if lab.shape[d] > 1]
+    if not labelled:
+        state.set(out, lab)
+        return
+    if mode != "constant":
+        return state.unknown(f"pad(mode={mode})", [x])
+    full = expand_dims(lab, x.shape, labelled)
+    amounts_lab = []
+    for i in range(0, len(amounts), 2):
+        d = nd - 1 - i // 2
+        amounts_lab += [amounts[i], amounts[i + 1]] if d in labelled else [0, 0]
+    state.set(out, compress(F.pad(full, amounts_lab, value=CONST)))

@@ -1,0 +1,81 @@
+"""View-like operations: the same op applied to the labels (reshape via `labels.reshape_labels`)."""
+from __future__ import annotations
+
+import torch
+
+from ..labels import compress, reshape_labels
+from . import register_op
+
+
+def _shape_args(args, kwargs):
+    rest = args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = tuple(rest[0])
+    if not rest:
+        rest = tuple(kwargs.get("shape", kwargs.get("size", ())))
+    return [int(r) if not isinstance(r, torch.Tensor) else int(r) for r in rest]
+
+
+@register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
+def reshape(state, func, name, args, kwargs, out):
+    x = args[0]
+    if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return
+    if name in ("view", "reshape") and len(args) == 2 and isinstance(args[1], torch.dtype):
+        return state.unknown(name, [x])
+    adaptive = None
+    if name in ("view", "reshape"):
+        requested = _shape_args(args, kwargs)
+        adaptive = [i for i, r in enumerate(requested) if r == -1]
+    state.set(out, reshape_labels(state.uf, state.get(x), tuple(x.shape), tuple(out.shape), adaptive, state.where(name)))
+
+
+@register_op("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "mT", "adjoint")
+def permute(state, func, name, args, kwargs, out):
+    x = args[0]
+    if not isinstance(out, torch.Tensor):
+        return
+    lab = state.get(x)
+    try:
+        result = func(lab, *args[1:], **kwargs)
+    except Exception:
+        return state.unknown(name, [x])
+    state.set(out, result)
+
+
+@register_op("expand", "expand_as", "broadcast_to")
+def expand(state, func, name, args, kwargs, out):
+    x = args[0]
+    lab = state.get(x)
+    lab = lab.reshape((1,) * (out.dim() - lab.dim()) + tuple(lab.shape))
+    state.set(out, lab)
+
+
+@register_op("repeat", "tile", "repeat_interleave")
+def repeat(state, func, name, args, kwargs, out):
+    x = args[0]
+    lab = state.get(x)
+    full = lab.expand(x.shape).clone() if x.numel() <= 1 << 22 else None
+    if full is None:
+        return state.unknown(name, [x])
+    try:
+        state.set(out, compress(func(full, *args[1:], **kwargs)))
+    except Exception:
+        state.unknown(name, [x])
+
+
+@register_op("__get__")
+def attribute(state, func, name, args, kwargs, out):
+    """Tensor properties: `.data` and friends keep labels, `.T`/`.mT` transpose them; sizes carry nothing."""
+    if not isinstance(out, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+        return
+    x = args[0]
+    lab = state.get(x)
+    if out.shape == x.shape:
+        state.set(out, lab)
+    elif out.dim() == x.dim() and x.dim() >= 2 and tuple(out.shape) == tuple(x.shape[:-2]) + (x.shape[-1], x.shape[-2]):
+        state.set(out, lab.transpose(-1, -2))
+    elif out.dim() == x.dim() and tuple(out.shape) == tuple(reversed(x.shape)):
+        state.set(out, lab.permute(*reversed(range(x.dim()))))
+    else:
+        state.unknown("attribute", [x])

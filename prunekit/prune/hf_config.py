@@ -1,0 +1,78 @@
+"""Rewrite a Hugging Face `config` after pruning, so save_pretrained / from_pretrained rebuild the same shapes.
+
+A config can only say one number per field; when layers were pruned differently the config keeps the original
+values and `config.prunekit_nonuniform` lists the fields that vary (reload such a model with `prunekit.load`).
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+from torch import nn
+
+
+def _uniform(values: List[int]):
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str, object]:
+    """Update hidden size, head counts, head_dim and intermediate size of ``model.config``; returns the changes."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return {}
+    from ..graph.layers.attention import _head_dim, _qkv
+
+    changes: Dict[str, object] = {}
+    nonuniform: List[str] = []
+    from ..api import _input_embeddings
+
+    emb = _input_embeddings(model)
+    if isinstance(emb, nn.Embedding) and hasattr(config, "hidden_size") and emb.embedding_dim != config.hidden_size:
+        changes["hidden_size"] = emb.embedding_dim
+    heads, kv_heads, dims = [], [], []
+    for m in model.modules():
+        names, mods = _qkv(m)
+        if names is None:
+            continue
+        d = _head_dim(m, mods[0])
+        heads.append(mods[0].out_features // d)
+        kv_heads.append(mods[1].out_features // d)
+        dims.append(d)
+        if getattr(m, "c_attn", None) is not None:
+            continue
+    for m in model.modules():  # GPT-2 style fused attention
+        if type(m).__name__.endswith("Attention") and hasattr(m, "c_attn") and isinstance(getattr(m, "num_heads", None), int):
+            heads.append(m.num_heads)
+            dims.append(m.head_dim)
+    for field, values in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+        if values and hasattr(config, field) and getattr(config, field) is not None:
+            v = _uniform(values)
+            if v is None:
+                nonuniform.append(field)
+            elif v != getattr(config, field):
+                changes[field] = v
+    if dims and hasattr(config, "num_attention_heads"):
+        d = _uniform(dims)
+        if d is not None and (changes or getattr(config, "head_dim", None) is not None) and \
+                "head_dim" in type(config)().to_dict():
+            changes["head_dim"] = d
+    inter = []
+    for m in model.modules():
+        up = getattr(m, "up_proj", None) or getattr(m, "fc1", None)
+        if isinstance(up, nn.Linear) and (hasattr(m, "down_proj") or hasattr(m, "fc2")):
+            inter.append(up.out_features)
+        dense = getattr(getattr(m, "intermediate", None), "dense", None)
+        if isinstance(dense, nn.Linear):
+            inter.append(dense.out_features)
+    if inter and hasattr(config, "intermediate_size"):
+        v = _uniform(inter)
+        if v is None:
+            nonuniform.append("intermediate_size")
+        elif v != config.intermediate_size:
+            changes["intermediate_size"] = v
+    if rms_eps_factor != 1.0 and isinstance(getattr(config, "rms_norm_eps", None), float):
+        changes["rms_norm_eps"] = config.rms_norm_eps * rms_eps_factor
+    for k, v in changes.items():
+        setattr(config, k, v)
+    if nonuniform:
+        config.prunekit_nonuniform = nonuniform
+    return changes
