@@ -100,19 +100,56 @@ def plan(model: nn.Module, inputs: Any, ratio: float = 0.5, criterion: str = "l1
 
 
 def _macs_cost(model, groups, scores, inputs, forward_fn):
-    from .allocate.select import select
+    """MACs after an allocation, without rebuilding the model: every conv / linear layer's MACs (measured once)
+    scale with the kept fraction of its weight's output and input dims; other MACs (attention products) stay."""
     from .metrics.macs import count_macs
 
-    def cost(allocation) -> float:
-        removed = select(groups, scores, allocation) if allocation else {}
-        pruned = copy.deepcopy(model)
-        if removed:
-            from .prune.apply import remove_channels
+    leaf_macs = _leaf_macs(model, inputs, forward_fn)
+    total = count_macs(model, inputs) if forward_fn is None else sum(leaf_macs.values())
+    rest = max(0, total - sum(leaf_macs.values()))
+    modules = dict(model.named_modules())
+    sizes = {name: tuple(modules[name].weight.shape[:2]) for name in leaf_macs}
+    by_id = {g.id: g for g in groups}
 
-            remove_channels(pruned, groups, removed)
-        return float(count_macs(pruned, inputs))
+    def cost(allocation) -> float:
+        cut = {}
+        for gid, n in allocation.items():
+            if n <= 0:
+                continue
+            for m in by_id[gid].members:
+                if m.param == "weight" and m.module in sizes and m.dim in (0, 1):
+                    key = (m.module, m.dim)
+                    cut[key] = cut.get(key, 0) + n * m.index_map.shape[1]
+        value = float(rest)
+        for name, macs in leaf_macs.items():
+            out_c, in_c = sizes[name]
+            f0 = 1 - cut.get((name, 0), 0) / out_c
+            f1 = 1 - cut.get((name, 1), 0) / in_c if in_c > 1 else 1.0
+            value += macs * max(f0, 0.0) * max(f1, 0.0)
+        return value
 
     return cost
+
+
+def _leaf_macs(model, inputs, forward_fn):
+    """MACs of each conv / linear / GPT-2 Conv1D module in one forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .graph.trace import call_model
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        call_model(model, inputs, forward_fn)
+    counts = counter.get_flop_counts()
+    out = {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or type(m).__name__ == "Conv1D":
+            key = name if name else "Global"
+            flops = counts.get(key) or counts.get(f"{type(model).__name__}.{name}") or {}
+            if flops and isinstance(w, torch.Tensor) and w.dim() >= 2:
+                out[name] = int(sum(flops.values())) // 2
+    return out
 
 
 def apply(model: nn.Module, plan: PruningPlan, inputs: Any = None, forward_fn: Optional[Callable] = None,

@@ -89,6 +89,8 @@ _FILLERS: List[str] = [
     "prunekit.allocate",
     "prunekit.kvcache",
     "prunekit.methods",
+    "prunekit.train.regularizers",
+    "prunekit.train.distill",
 ]
 
 

@@ -16,18 +16,20 @@ def run(args) -> int:
     from ..registry import all_registries
 
     registries = all_registries()
-    aliases = {name + "s": name for name in registries}
+    plural = {"criterion": "criteria"}
+    aliases = {plural.get(name, name + "s"): name for name in registries}
+    aliases.update({"criterions": "criterion"})
     kinds = sorted(registries)
     if args.kind:
         kind = aliases.get(args.kind, args.kind)
         if kind not in registries:
             from ..errors import UnknownNameError
 
-            raise UnknownNameError(f"unknown registry '{args.kind}'; known: {', '.join(k + 's' for k in kinds)}")
+            raise UnknownNameError(f"unknown registry '{args.kind}'; known: {', '.join(plural.get(k, k + 's') for k in kinds)}")
         kinds = [kind]
     console = Console()
     for kind in kinds:
-        table = Table(title=f"{kind}s", show_lines=False)
+        table = Table(title=plural.get(kind, kind + "s"), show_lines=False)
         table.add_column("name")
         table.add_column("description")
         for name in registries[kind].names():

@@ -1,0 +1,53 @@
+"""Resolve a model given on the command line: a registry name, ``module:function``, or a Hugging Face folder."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ..errors import ConfigError
+
+
+def resolve_model(spec: str, pretrained: bool = True) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Returns (model in eval mode, a JSON spec that rebuilds the original architecture)."""
+    from ..models import MODELS, build
+
+    if spec in MODELS:
+        return build(spec, pretrained=pretrained).eval(), {"registry": spec}
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").exists():
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        loader = AutoModelForCausalLM if any(a.endswith("ForCausalLM") for a in archs) else AutoModel
+        model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return model.eval(), {"hf_folder": str(path.resolve())}
+    if ":" in spec:
+        mod, _, fn = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import model factory '{spec}': {exc}") from None
+        return factory().eval(), {"factory": spec}
+    MODELS.get(spec)  # raises with the list of known names
+    raise ConfigError(f"unknown model '{spec}'")
+
+
+def example_inputs_for(spec: str, model: torch.nn.Module, input_shape: Optional[str], tokens: Optional[str]) -> Any:
+    """Example inputs: from the command line, from the registry, or for a Hugging Face model a token batch."""
+    if input_shape:
+        return torch.randn([int(s) for s in input_shape.split(",")], generator=torch.Generator().manual_seed(0))
+    if tokens:
+        shape = [int(s) for s in tokens.split(",")]
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 100)
+        return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
+    from ..models import MODELS, example_inputs
+
+    if spec in MODELS:
+        return example_inputs(spec)
+    if getattr(model, "config", None) is not None and hasattr(model.config, "vocab_size"):
+        return torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    raise ConfigError("cannot guess example inputs for this model: pass --input-shape 1,3,224,224 or --tokens 2,16")

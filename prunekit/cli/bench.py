@@ -1,0 +1,72 @@
+"""`prunekit bench`: parameters, MACs, peak forward memory, eager and onnxruntime latency of a registered model."""
+from __future__ import annotations
+
+COMMAND = "bench"
+HELP = "measure a model's parameters, MACs, peak memory, eager latency and onnxruntime latency"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="registered model name (see `prunekit ls models`)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    parser.add_argument("--seq-len", type=int, default=128, help="sequence length for token models")
+    parser.add_argument("--threads", type=int, default=1, help="threads for both latency measurements")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls (the median is reported)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="load pretrained weights (not needed for these figures; random init by default)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime latency")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def measure(model, inputs, threads: int = 1, warmup: int = 3, repeats: int = 10, onnx: bool = True) -> dict:
+    """All the figures for one model and example input; a failed ONNX export is reported, not raised.
+
+    Args:
+        model: the module (put in eval mode here).
+        inputs: an example tensor, e.g. ``[B, 3, H, W]`` images or ``[B, T]`` token ids.
+    """
+    from ..errors import PrunekitError
+    from ..metrics.latency import eager_latency, onnxruntime_latency
+    from ..metrics.macs import count_macs
+    from ..metrics.memory import peak_forward_memory
+    from ..metrics.params import count_parameters
+
+    model.eval()
+    report = {
+        "params": count_parameters(model),
+        "macs": count_macs(model, inputs),
+        "peak_memory_mib": round(peak_forward_memory(model, inputs).peak_mib, 3),
+        "eager_ms": eager_latency(model, inputs, warmup, repeats, threads).median_ms,
+    }
+    if onnx:
+        try:
+            report["onnxruntime_ms"] = onnxruntime_latency(model, inputs, warmup, repeats, threads).median_ms
+        except (PrunekitError, ImportError, RuntimeError) as exc:
+            report["onnxruntime_ms"] = f"failed: {str(exc).splitlines()[0][:200]}"
+    return report
+
+
+def run(args) -> int:
+    import json
+
+    from ..models import build, example_inputs, info
+
+    info(args.model)  # unknown names raise UnknownNameError listing the known ones
+    model = build(args.model, pretrained=args.pretrained).eval()
+    inputs = example_inputs(args.model, batch=args.batch, seq_len=args.seq_len)
+    report = {"model": args.model, "input_shape": list(inputs.shape), "threads": args.threads,
+              **measure(model, inputs, args.threads, args.warmup, args.repeats, onnx=not args.no_onnx)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"prunekit bench: {args.model}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        text = f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    Console().print(table)
+    return 0

@@ -1,0 +1,294 @@
+"""CSKV: low-rank key/value projections and a bi-branch cache of rank-r latents plus a full-precision window.
+
+Each layer's key projection ``W_K [H_kv*D, d]`` (all key-value heads stacked, as the official code does) is factored
+as ``W_K ~= up_K @ down_K`` with ``down_K [r_K, d]`` and ``up_K [H_kv*D, r_K]``; the same for values. The cache stores
+the latents ``c = down @ x`` of old tokens (``[B, T, r]``, optionally quantised to 8 or 4 bits) and keeps the most
+recent tokens' original keys and values (the window; between ``window`` and ``2*window - 1`` tokens, flushed to the
+latents ``window`` tokens at a time). At attention time old keys are reconstructed pre-RoPE (``up_K @ c + b_K``) and
+rotated at their own positions; the value up-projection is absorbed into the output side, ``(P @ c_V) @ up_V^T``.
+
+Factors come from an SVD of the weights (``init="svd"``), from `prunekit.kvcache.cskv_train` (ASVD initialisation
+plus layer-wise reconstruction training), or from a folder saved by `prunekit.kvcache.cskv_train.save`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from ..errors import ConfigError
+from . import hf_compat
+from .base import CompressedLayer, KVPress
+from .hf_compat import AttentionCall
+from .quant import QuantizedTensor, cat_tokens, quantize
+
+
+def rank_for(density: float, kv_dim: int) -> int:
+    """Latent rank for a density (fraction of the stacked ``H_kv * D`` channels)."""
+    return max(1, min(kv_dim, int(round(density * kv_dim))))
+
+
+def svd_factors(weight: torch.Tensor, rank: int, scale: Optional[torch.Tensor] = None):
+    """Truncated SVD ``weight [out, d] ~= up [out, r] @ down [r, d]`` (ASVD when `scale` ``[d]`` is given).
+
+    With a scale ``s``, ``weight * s`` is factored and ``down`` is divided by ``s`` again, so input channels with a
+    larger typical magnitude are reconstructed more accurately.
+    """
+    w = weight.detach().double()
+    if scale is not None:
+        w = w * scale.double()[None, :]
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[:rank].sqrt()
+    up, down = u[:, :rank] * root[None, :], root[:, None] * vh[:rank]
+    if scale is not None:
+        down = down / scale.double()[None, :]
+    return down.to(weight.dtype).contiguous(), up.to(weight.dtype).contiguous()
+
+
+@dataclass
+class CSKVFactors:
+    """Per-layer factors: ``layers[i]`` holds ``k_down [r_K, d]``, ``k_up [H_kv*D, r_K]``, ``v_down``, ``v_up``.
+
+    Attributes:
+        layers: one dict per decoder layer. metadata: how they were made (ranks, init, training losses...).
+    """
+
+    layers: List[Dict[str, torch.Tensor]]
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k_rank(self) -> int:
+        return self.layers[0]["k_down"].shape[0]
+
+    @property
+    def v_rank(self) -> int:
+        return self.layers[0]["v_down"].shape[0]
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for layer in self.layers for t in layer.values())
+
+    @classmethod
+    def from_weights(cls, model: torch.nn.Module, k_rank: int, v_rank: int,
+                     act_scale: Optional[List[torch.Tensor]] = None, alpha: float = 0.5) -> "CSKVFactors":
+        """SVD (or ASVD with per-layer input magnitudes ``act_scale[i] [d]`` raised to `alpha`) of every layer."""
+        layers = []
+        for index, module in enumerate(hf_compat.attention_modules(model)):
+            _, k_proj, v_proj, _ = hf_compat.projections(module)
+            scale = None if act_scale is None else act_scale[index].clamp_min(1e-6).pow(alpha)
+            k_down, k_up = svd_factors(k_proj.weight, k_rank, scale)
+            v_down, v_up = svd_factors(v_proj.weight, v_rank, scale)
+            layers.append({"k_down": k_down, "k_up": k_up, "v_down": v_down, "v_up": v_up})
+        init = "svd" if act_scale is None else "asvd"
+        return cls(layers, {"k_rank": k_rank, "v_rank": v_rank, "init": init, "alpha": alpha})
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise `ConfigError` when the factors do not fit `model` (layer count or shapes)."""
+        modules = hf_compat.attention_modules(model)
+        if len(modules) != len(self.layers):
+            raise ConfigError(f"CSKV factors have {len(self.layers)} layers, the model has {len(modules)}")
+        for index, module in enumerate(modules):
+            _, k_proj, v_proj, _ = hf_compat.projections(module)
+            layer = self.layers[index]
+            for kind, proj in (("k", k_proj), ("v", v_proj)):
+                down, up = layer[f"{kind}_down"], layer[f"{kind}_up"]
+                if down.shape[1] != proj.in_features or up.shape[0] != proj.out_features:
+                    raise ConfigError(
+                        f"CSKV factors of layer {index} ({kind}: down {tuple(down.shape)}, up {tuple(up.shape)}) do "
+                        f"not fit {kind}_proj {proj.out_features}x{proj.in_features}")
+
+
+def window_length(tokens: int, window: int) -> int:
+    """Tokens kept in full precision after a prefill of `tokens` (window..2*window-1, or all when fewer)."""
+    if window == 0:
+        return 0
+    return tokens if tokens < 2 * window else window + (tokens - window) % window
+
+
+@dataclass
+class CSKVPress(KVPress):
+    """CSKV (Wang et al., "CSKV: Training-Efficient Channel Shrinking for KV Cache in Long-Context Scenarios",
+    NeurIPS 2024 ENLSP workshop, arXiv 2409.10593).
+
+    Attributes:
+        k_density / v_density: latent rank as a fraction of ``H_kv * D`` (KV reduction ~ 1 - (k + v) / 2).
+        window: recent tokens kept as original keys and values (32 in the paper).
+        bits: 16 keeps latents in the model dtype; 8 or 4 quantise them (keys per channel over blocks of `window`
+            tokens, values per token in groups of `group_size` channels).
+        group_size: value quantisation group.
+        factors: a `CSKVFactors`, a folder written by `prunekit.kvcache.cskv_train.save`, or None for a plain SVD of
+            the weights (computed when the context opens).
+    """
+
+    k_density: float = 0.5
+    v_density: float = 0.5
+    window: int = 32
+    bits: int = 16
+    group_size: int = 32
+    factors: Optional[Union[str, CSKVFactors]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("k_density", "v_density"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"CSKVPress.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.bits not in (4, 8, 16):
+            raise ConfigError(f"CSKVPress.bits must be 4, 8 or 16, got {self.bits}")
+        if self.window < 0 or (self.bits < 16 and self.window < 1):
+            raise ConfigError(f"CSKVPress.window must be >= 0 (>= 1 with quantisation), got {self.window}")
+        if isinstance(self.factors, str):
+            from .cskv_train import load
+
+            self.factors = load(self.factors)
+        self._rope_memo = None
+
+    def ranks(self, model: torch.nn.Module):
+        _, kv_heads, head_dim = hf_compat.head_layout(hf_compat.attention_modules(model)[0])
+        return rank_for(self.k_density, kv_heads * head_dim), rank_for(self.v_density, kv_heads * head_dim)
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        k_rank, v_rank = self.ranks(model)
+        if self.factors is None:
+            self.factors = CSKVFactors.from_weights(model, k_rank, v_rank)
+        self.factors.check(model)
+        if (self.factors.k_rank, self.factors.v_rank) != (k_rank, v_rank):
+            raise ConfigError(
+                f"CSKVPress: factors have ranks K {self.factors.k_rank} / V {self.factors.v_rank} but k_density "
+                f"{self.k_density} / v_density {self.v_density} ask for {k_rank} / {v_rank}")
+        dtype = next(model.parameters()).dtype
+        self.factors.layers = [{k: v.to(dtype) for k, v in layer.items()} for layer in self.factors.layers]
+
+    def compress(self, call: AttentionCall) -> "LatentLayer":
+        bsz, length = call.batch, call.q_len
+        factors = self.factors.layers[call.layer_idx]
+        slots = torch.arange(length, device=call.query.device)
+        positions = call.position_ids.expand(bsz, length).clone()
+        valid = (torch.ones(bsz, length, dtype=torch.bool, device=slots.device) if call.mask is None
+                 else call.allowed(length).expand(bsz, 1, length, length)[:, 0].any(dim=1))
+        gap = slots[None, :] - positions
+        big = torch.iinfo(gap.dtype).max
+        lo = gap.masked_fill(~valid, big).amin(-1)
+        hi = gap.masked_fill(~valid, -big).amax(-1)
+        offset = torch.where(valid.any(-1), lo, torch.zeros_like(lo))
+        explicit = bool((valid.any(-1) & (lo != hi)).any())
+        if not explicit:  # padding slots get the positions their slots imply (they are masked anyway)
+            positions = slots[None, :] - offset[:, None]
+        store = {
+            "k_lat": None, "v_lat": None,
+            "k_win": call.key.clone(), "v_win": call.value.clone(),
+            "k_lat_win": call.hidden @ factors["k_down"].T, "v_lat_win": call.hidden @ factors["v_down"].T,
+            "pos_win": positions.to(torch.int32),
+            "pos_offset": None if explicit else offset,
+            "pos_lat": positions[:, :0].to(torch.int32) if explicit else None,
+        }
+        layer = LatentLayer(length, store, self, factors)
+        layer.flush(length - window_length(length, self.window))
+        return layer
+
+    def rope_for(self, call: AttentionCall, positions: torch.Tensor, like: torch.Tensor, offset_mode: bool):
+        """``(cos, sin)`` for ``positions [B, T]``, memoised across the layers of one forward (offset mode)."""
+        key = (call.cache_position[0].item(), tuple(positions.shape), positions[:, :1].tolist(),
+               positions[:, -1:].tolist())
+        if not offset_mode or self._rope_memo is None or self._rope_memo[0] != key:
+            self._rope_memo = (key, call.rope_at(like, positions.long()))
+        return self._rope_memo[1]
+
+    @property
+    def nominal_saving(self) -> float:
+        """KV saving on long contexts vs a 16-bit cache (window neglected)."""
+        return 1.0 - (self.k_density + self.v_density) / 2.0 * min(self.bits, 16) / 16.0
+
+
+class LatentLayer(CompressedLayer):
+    """Bi-branch storage: latents ``k_lat [B, Tc, r_K]``, ``v_lat [B, Tc, r_V]`` (tensors or `QuantizedTensor`) for
+    the oldest ``Tc`` slots, and for the window slots the original post-RoPE ``k_win, v_win [B, H_kv, Tw, D]`` plus
+    their latents ``k_lat_win, v_lat_win [B, Tw, r]`` (moved to the latents when flushed) and rotary positions
+    ``pos_win [B, Tw]``. Latent rotary positions are ``slot - pos_offset [B]`` or explicit ``pos_lat [B, Tc]``.
+    """
+
+    def __init__(self, length: int, store: Dict[str, Any], press: CSKVPress, factors: Dict[str, torch.Tensor]):
+        super().__init__(length, store)
+        self.press = press
+        self.factors = factors
+
+    @property
+    def n_latent(self) -> int:
+        k_lat = self.store["k_lat"]
+        if k_lat is None:
+            return 0
+        return k_lat.tokens if isinstance(k_lat, QuantizedTensor) else k_lat.shape[1]
+
+    def _pack(self, latents: torch.Tensor, kind: str):
+        press = self.press
+        if press.bits >= 16:
+            return latents.clone()
+        if kind == "k":
+            return quantize(latents, press.bits, press.window, axis=-2)
+        return quantize(latents, press.bits, press.group_size, axis=-1)
+
+    def flush(self, n: int) -> None:
+        """Move the oldest `n` window tokens into the latent store."""
+        if n <= 0:
+            return
+        s = self.store
+        start = self.n_latent
+        for kind in ("k", "v"):
+            block = self._pack(s[f"{kind}_lat_win"][:, :n], kind)
+            old = s[f"{kind}_lat"]
+            if old is None:
+                s[f"{kind}_lat"] = block
+            else:
+                s[f"{kind}_lat"] = cat_tokens(old, block) if isinstance(block, QuantizedTensor) else torch.cat(
+                    [old, block], dim=1)
+            s[f"{kind}_lat_win"] = s[f"{kind}_lat_win"][:, n:].clone()
+            s[f"{kind}_win"] = s[f"{kind}_win"][:, :, n:].clone()
+        block_pos = s["pos_win"][:, :n]
+        if s["pos_offset"] is not None:
+            slots = torch.arange(start, start + n, device=block_pos.device)
+            if not bool((block_pos == slots[None, :] - s["pos_offset"][:, None]).all()):
+                first = torch.arange(start, device=block_pos.device)[None, :] - s["pos_offset"][:, None]
+                s["pos_lat"], s["pos_offset"] = first.to(torch.int32), None
+        if s["pos_offset"] is None:
+            s["pos_lat"] = torch.cat([s["pos_lat"], block_pos], dim=1)
+        s["pos_win"] = s["pos_win"][:, n:].clone()
+
+    def _latents(self, kind: str, dtype: torch.dtype) -> torch.Tensor:
+        value = self.store[f"{kind}_lat"]
+        return value.dequantize(dtype) if isinstance(value, QuantizedTensor) else value
+
+    def attend(self, call: AttentionCall) -> torch.Tensor:
+        s, f = self.store, self.factors
+        bsz, heads, q_len, dim = call.query.shape
+        kv_heads, groups = call.num_kv_heads, call.groups
+        s["k_win"] = torch.cat([s["k_win"], call.key], dim=2)
+        s["v_win"] = torch.cat([s["v_win"], call.value], dim=2)
+        s["k_lat_win"] = torch.cat([s["k_lat_win"], call.hidden @ f["k_down"].T], dim=1)
+        s["v_lat_win"] = torch.cat([s["v_lat_win"], call.hidden @ f["v_down"].T], dim=1)
+        s["pos_win"] = torch.cat([s["pos_win"], call.position_ids.expand(bsz, q_len).to(torch.int32)], dim=1)
+        self.length += q_len
+        n_lat, n_win = self.n_latent, s["k_win"].shape[2]
+        q = call.query.reshape(bsz, kv_heads, groups * q_len, dim)
+        parts = [q @ s["k_win"].transpose(2, 3)]
+        _, k_proj, v_proj, _ = hf_compat.projections(call.module)
+        if n_lat:
+            k_hat = self._latents("k", q.dtype) @ f["k_up"].T
+            if k_proj.bias is not None:
+                k_hat = k_hat + k_proj.bias
+            k_hat = k_hat.view(bsz, n_lat, kv_heads, dim).transpose(1, 2)
+            positions = (s["pos_lat"] if s["pos_offset"] is None else
+                         torch.arange(n_lat, device=q.device)[None, :] - s["pos_offset"][:, None])
+            cos, sin = self.press.rope_for(call, positions, q, s["pos_offset"] is not None)
+            k_hat = call.rotate(k_hat, cos, sin)
+            parts.insert(0, q @ k_hat.transpose(2, 3))
+        logits = torch.cat(parts, dim=-1).view(bsz, kv_heads, groups, q_len, n_lat + n_win) * call.scaling
+        allowed = call.allowed(self.length)[:, :, None]  # [B|1, 1, 1, q, L]
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        probs = logits.softmax(-1, dtype=torch.float32).to(q.dtype).view(bsz, kv_heads, groups * q_len, -1)
+        out = probs[..., n_lat:] @ s["v_win"]
+        if n_lat:
+            p_lat = probs[..., :n_lat]
+            mixed = p_lat @ self._latents("v", q.dtype)[:, None]  # [B, H_kv, G*q, r_V]
+            out = out + torch.einsum("bhnr,hdr->bhnd", mixed, f["v_up"].view(kv_heads, dim, -1))
+            if v_proj.bias is not None:
+                out = out + p_lat.sum(-1, keepdim=True) * v_proj.bias.view(1, kv_heads, 1, dim)
+        self.flush(n_win - window_length(n_win, self.press.window))
+        return out.view(bsz, heads, q_len, dim)
