@@ -23,7 +23,7 @@ import torch
 RAW_TARGETS = {"cifar_resnet20": 0.915, "cifar_resnet56": 0.925, "cifar_resnet56_b": 0.930, "cifar_vit": 0.69}
 # The JPEG copy costs the raw-pixel models about 10 points (data README); targets sit about 1 point under the
 # accuracies measured here on all 10,000 images (and hold on the first 2,000 used by --quick).
-JPEG_TARGETS = {"cifar_resnet20": 0.79, "cifar_resnet56": 0.82, "cifar_resnet56_b": 0.84, "cifar_vit": 0.64}
+JPEG_TARGETS = {"cifar_resnet20": 0.80, "cifar_resnet56": 0.82, "cifar_resnet56_b": 0.82, "cifar_vit": 0.70}
 PPL_TARGET, PPL_TOLERANCE = 27.6, 1.0
 
 
@@ -39,6 +39,8 @@ class Recorder:
         passed = value >= target if op == ">=" else value <= target
         self.targets.append({"name": name, "value": value, "op": op, "target": target, "passed": bool(passed),
                              "seconds": round(seconds, 2)})
+        print(f"  {name}: {value:.6g} ({op} {target:g}: {'ok' if passed else 'MISSED'}, {seconds:.1f} s)",
+              file=sys.stderr, flush=True)
 
     def section(self, name: str, fn: Callable[[], None]) -> None:
         from prunekit.errors import DataNotFoundError, UnknownNameError
@@ -141,9 +143,10 @@ def print_table(rec: Recorder) -> None:
                       f"{row['seconds']:.1f}")
     for row in rec.missing:
         table.add_row(row["name"], row["status"], "", "", "NO", "", style="red")
-    Console().print(table)
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
     for row in rec.missing:
-        Console().print(f"[red]{row['status']}[/red] {row['name']}: {row['reason']}")
+        console.print(f"[red]{row['status']}[/red] {row['name']}: {row['reason']}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

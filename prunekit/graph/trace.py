@@ -169,6 +169,7 @@ def _preserved(model: torch.nn.Module):
     """Restore modes, grad flags and config flags whatever happens."""
     modes = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers() if b is not None]  # train-mode BN updates stats
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None) if config is not None else None
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -185,6 +186,9 @@ def _preserved(model: torch.nn.Module):
             m.training = mode
         for p, flag in grads.items():
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 def call_model(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable] = None) -> Any:
