@@ -10,14 +10,17 @@ inputs different from the ones used to prune (relative max error <= 1e-4).
 Statuses: ``pruned``; ``pruned (inexact: norm statistics)`` (differs from the masked original only because a
 LayerNorm/RMSNorm now averages over fewer channels: equal to a reference that renormalises over the kept ones);
 ``refused`` (nothing prunable, with the reason); ``crashed`` (an exception, or a pruned model that does not run);
-``output shape changed``; ``not pruned``; ``SILENTLY WRONG`` (runs, differs from the masked original).
+``timed out`` (Torch-Pruning still running after 120 s); ``output shape changed``; ``not pruned``;
+``SILENTLY WRONG`` (runs, differs from the masked original).
 
     python benchmarks/engine_zoo.py --json out.json [--quick] [--models a,b] [--docs docs/results_engine.md]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import signal
 import sys
 import time
 import traceback
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
 
 TOLERANCE = 1e-4
+TP_TIME_LIMIT_S = 120.0
 DOC = Path(__file__).resolve().parent.parent / "docs" / "results_engine.md"
 
 
@@ -306,7 +310,13 @@ def check_against_masked(original: nn.Module, pruned: nn.Module, replay: Callabl
     try:
         err = relative_error(out, run(masked_reference(original, kept), inputs))
     except ValueError as exc:
-        return {"error": None, "shape_changed": True, "note": str(exc)}
+        ref = run(masked_reference(original, kept), inputs)
+        same = [(a, b) for a, b in zip(out, ref) if a.shape == b.shape]
+        note = str(exc)
+        if same:
+            note += f"; relative error on the outputs that kept their shape: " \
+                    f"{relative_error([a for a, _ in same], [b for _, b in same]):.3g}"
+        return {"error": None, "shape_changed": True, "note": note}
     result: Dict[str, Any] = {"error": err}
     if err > TOLERANCE:
         ref = renormalised_reference(original, kept)
@@ -328,6 +338,21 @@ def classify(check: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ the tools
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise TimeoutError inside the block after `seconds` (SIGALRM; main thread only)."""
+    def handler(signum, frame):
+        raise TimeoutError(f"did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 def _sizes(model: nn.Module, inputs: Any) -> Tuple[int, int]:
     from prunekit.metrics.macs import count_macs
@@ -498,16 +523,22 @@ def tp_pruner(family: str, model: nn.Module, inputs: Any, ratio: float = 0.5):
     return pruner, fix
 
 
-def run_torch_pruning(family: str, model: nn.Module, x: Any, x_check: Any) -> Dict[str, Any]:
+def run_torch_pruning(family: str, model: nn.Module, x: Any, x_check: Any,
+                      time_limit_s: float = TP_TIME_LIMIT_S) -> Dict[str, Any]:
     row: Dict[str, Any] = {"tool": "torch-pruning"}
     row["params_before"], row["macs_before"] = _sizes(model, x)
     work = copy.deepcopy(model)
     start = time.perf_counter()
     try:
-        pruner, fix = tp_pruner(family, work, x)
-        pruner.step()
-        if fix is not None:
-            fix(pruner, work)
+        with time_limit(time_limit_s):
+            pruner, fix = tp_pruner(family, work, x)
+            pruner.step()
+            if fix is not None:
+                fix(pruner, work)
+    except TimeoutError as exc:
+        row.update(status="timed out", reason=str(exc), traceback=traceback.format_exc(limit=-3),
+                   seconds=time.perf_counter() - start)
+        return row
     except Exception as exc:  # noqa: BLE001 - a Torch-Pruning crash is a result of this benchmark
         row.update(status="crashed", reason=_short(exc), traceback=traceback.format_exc(limit=-4),
                    seconds=time.perf_counter() - start)
@@ -543,7 +574,7 @@ def summarise(rows: List[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, int]], Li
         pk, other = pair.get("prunekit"), pair.get("torch-pruning", {})
         if pk is None or pk["status"] == "missing":
             continue
-        if pk["status"] == "crashed" or (pk["status"] in ("refused", "not pruned") and other.get("status") in GOOD):
+        if pk["status"] in ("crashed", "timed out") or (pk["status"] in ("refused", "not pruned") and other.get("status") in GOOD):
             failures += 1
     wrong = counts.get("prunekit", {}).get("SILENTLY WRONG", 0)
     targets = [target("prunekit_silently_wrong", wrong, "<=", 0),
@@ -619,7 +650,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{row.get('seconds', 0):.1f}s {str(row.get('reason', ''))[:100]}", flush=True)
     counts, targets = summarise(rows)
     print_table("engine zoo: prunekit vs Torch-Pruning at 50%", COLUMNS, [_cells(r) for r in rows],
-                ["red" if r["status"] in ("SILENTLY WRONG", "crashed") else None for r in rows])
+                ["red" if r["status"] in ("SILENTLY WRONG", "crashed", "timed out") else None for r in rows])
     print_targets(targets)
     payload = report("engine_zoo", argv_used, start, rows, targets, counts=counts, tolerance=TOLERANCE)
     doc = args.docs if args.docs is not None else (str(DOC) if not wanted else "")

@@ -85,6 +85,16 @@ def eval_detector(model, data: str, split: str, limit) -> dict:
     return {"metric": "mAP@0.5:0.95", "value": result["map50_95"], "items": n, "map50": result["map50"]}
 
 
+def _quiet_transformers() -> None:
+    """Turn off the Hugging Face weight-loading progress bars (they flood logs)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def run(args) -> int:
     import json
     import time
@@ -100,6 +110,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if meta.task in ("causal-lm", "encoder"):
+        _quiet_transformers()
     model = build(args.model, pretrained=not args.random_init).eval()
     if meta.task == "classification":
         result = eval_classifier(model, meta, args.data, args.split, args.limit, args.batch_size)

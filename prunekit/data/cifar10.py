@@ -189,7 +189,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str):
-        from numpy._core.multiarray import _reconstruct
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
 
         allowed = {
             ("numpy.core.multiarray", "_reconstruct"): _reconstruct,

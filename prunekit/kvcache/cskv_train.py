@@ -150,7 +150,7 @@ def train_layer(x: torch.Tensor, k_weight: torch.Tensor, v_weight: torch.Tensor,
         loss.backward()
         optimizer.step()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     return {name: tensor.detach().to(layer[name].dtype).contiguous() for name, tensor in params.items()}
 
 

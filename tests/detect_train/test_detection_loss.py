@@ -57,7 +57,10 @@ def test_dfl_matches_hand_computation():
     sharp = torch.full((1, 4, reg_max), -20.0)
     sharp[0, :, 7], sharp[0, :, 8] = 2.0, 2.0
     assert float(distribution_focal_loss(sharp, torch.full((1, 4), 7.5))) == pytest.approx(math.log(2), abs=1e-4)
-    assert float(distribution_focal_loss(sharp, torch.full((1, 4), 7.9))) > math.log(2) + 0.1
+    skewed = torch.full((1, 4, reg_max), -30.0)
+    skewed[0, :, 7], skewed[0, :, 8] = math.log(0.1), math.log(0.9)
+    entropy = -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))
+    assert float(distribution_focal_loss(skewed, torch.full((1, 4), 7.9))) == pytest.approx(entropy, abs=1e-4)
 
 
 def test_bbox_to_dist_and_targets_to_batch():

@@ -1,0 +1,268 @@
+"""The three-stage compression pipeline on CIFAR-10 (JPEG) from the pretrained option-B ResNet-56, 2x fewer MACs.
+
+Arms, every one at the same MACs budget (keep 50%, the engine's search hits it within 2%; Torch-Pruning's ratio is
+bisected to the same target) and the same total training epochs:
+
+    a_l1        L1-norm filter pruning (uniform per layer), then fine-tuning for all the epochs
+    b_tp_gnorm  Torch-Pruning GroupNormPruner: group-norm sparse training (regularize() after every backward,
+                update_regularizer() at the start), global pruning, then fine-tuning
+    c_gcp       `prunekit run gcp`: dynamic sparse training, group channel pruning, spatial attention distillation
+    d_slim_cwd  `prunekit run slim-cwd`: linear-decay sparse training, global |gamma| pruning, channel-wise distillation
+    ablations on c: constant sparse rate; one global threshold; CWD / logit-only / no distillation in stage 3
+
+    python benchmarks/pipeline_cifar.py --quick --json out.json [--md docs/results_cifar.md]
+    python benchmarks/pipeline_cifar.py --json out.json            # full mode (the papers' scale: use a GPU)
+
+Rerunning the same command resumes: finished arms and stages are read back from --out-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+
+MODES = {
+    "quick": {"train_subset": 5000, "test_limit": 2000, "stage1_epochs": 1, "stage3_epochs": 1},
+    "full": {"train_subset": None, "test_limit": None, "stage1_epochs": 40, "stage3_epochs": 40},
+}
+COMMON = {"keep_macs": 0.5, "lr": 0.01, "batch_size": 128, "max_ratio": 0.9, "tp_reg": 5e-4, "seed": 0}
+LABELS = {
+    "a_l1": "(a) L1 uniform + fine-tune",
+    "b_tp_gnorm": "(b) Torch-Pruning GroupNormPruner (sparse) + fine-tune",
+    "c_gcp": "(c) gcp: variable BN-L1, group thresholds, attention KD",
+    "d_slim_cwd": "(d) slim-cwd: decaying BN-L1, global threshold, CWD",
+    "c_const_rate": "ablation c: constant sparse rate",
+    "c_global_threshold": "ablation c: one global threshold",
+    "c_distill_cwd": "ablation c: channel-wise distillation",
+    "c_distill_logit": "ablation c: logit-only distillation",
+    "c_distill_none": "ablation c: no distillation",
+}
+
+
+def task_section(s: Dict[str, Any]) -> Dict[str, Any]:
+    return {"model": "cifar_resnet56_b", "dataset": "cifar10", "train_subset": s["train_subset"],
+            "test_limit": s["test_limit"], "batch_size": s["batch_size"], "eval_original": False}
+
+
+def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """The recipe config of a gcp / slim-cwd arm (ablations differ from c_gcp in one key)."""
+    recipe = "slim-cwd" if name == "d_slim_cwd" else "gcp"
+    cfg = {"out_dir": str(out / name), "seed": s["seed"], "task": task_section(s),
+           "stage1": {"epochs": s["stage1_epochs"], "lr": s["lr"]},
+           "stage2": {"keep_macs": s["keep_macs"], "max_ratio": s["max_ratio"]},
+           "stage3": {"epochs": s["stage3_epochs"], "lr": s["lr"], "distill": {}}}
+    if name == "c_const_rate":
+        cfg["stage1"]["schedule"] = "constant"
+    elif name == "c_global_threshold":
+        cfg["stage2"]["threshold"] = "global"
+    elif name == "c_distill_cwd":
+        cfg["stage3"]["distill"].update(feature_loss="cwd", weight=1.0)
+    elif name == "c_distill_logit":
+        cfg["stage3"]["distill"].update(feature_loss="none", logit_weight=1.0)
+    elif name == "c_distill_none":
+        cfg["stage3"]["distill"].update(feature_loss="none", logit_weight=0.0)
+    return {"recipe": recipe, "config": cfg}
+
+
+# Ablation arms start from c_gcp's finished stages that their settings share (same fingerprint, so they are reused).
+SHARED = {"c_global_threshold": ["1_sparse"], "c_distill_cwd": ["1_sparse", "2_prune"],
+          "c_distill_logit": ["1_sparse", "2_prune"], "c_distill_none": ["1_sparse", "2_prune"]}
+
+
+def run_recipe_arm(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    from prunekit.methods import RECIPES
+
+    spec = recipe_config(name, s, out)
+    for stage in SHARED.get(name, []):
+        src, dst = out / "c_gcp" / stage, out / name / stage
+        if (src / "done.json").exists() and not dst.exists():
+            shutil.copytree(src, dst)
+    result = RECIPES.get(spec["recipe"])(spec["config"]).run()
+    return {"accuracy": result["accuracy"], "params": result["params"], "macs": result["macs"],
+            "latency_ms": result["latency_ms"], "stages": result["stages"],
+            "command": f"prunekit run {spec['recipe']} with {json.dumps(spec['config'])}"}
+
+
+def finish(task, model, info: Dict[str, Any]) -> Dict[str, Any]:
+    return {"accuracy": task.accuracy(model), **task.cost(model), "latency_ms": task.latency_ms(model), **info}
+
+
+def run_l1_arm(s: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """(a): L1-norm filters, the same ratio in every group (MACs-searched), then fine-tuning for every epoch."""
+    import prunekit
+    from prunekit.methods.cifar import ClassificationTask, TaskConfig, TrainStageConfig
+
+    task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
+    model, x = task.build(), task.example_inputs()
+    plan = prunekit.plan(model, x, criterion="l1", allocator="uniform", max_ratio=s["max_ratio"],
+                         budget=prunekit.Budget(target="macs", keep_fraction=s["keep_macs"]))
+    pruned = prunekit.apply(model, plan, x)
+    pruned_acc = task.accuracy(pruned)
+    epochs = s["stage1_epochs"] + s["stage3_epochs"]
+    run = task.train(pruned, TrainStageConfig(epochs=epochs, lr=s["lr"]), out / "a_l1")
+    return finish(task, pruned, {"pruned_accuracy": pruned_acc, "steps": run.steps})
+
+
+class TPRegularizer:
+    """Training hook calling Torch-Pruning's ``pruner.regularize(model)`` after every backward."""
+
+    def __init__(self, pruner):
+        self.pruner = pruner
+
+    def on_train_start(self, model, info) -> None:
+        self.pruner.update_regularizer()
+
+    def after_backward(self, model, step, epoch) -> None:
+        self.pruner.regularize(model)
+
+
+def tp_pruner(model, x, ratio: float, s: Dict[str, Any]):
+    import torch_pruning as tp
+
+    return tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                     reg=s["tp_reg"], global_pruning=True, pruning_ratio=ratio,
+                                     max_pruning_ratio=s["max_ratio"], ignored_layers=[model.fc])
+
+
+def tp_prune_to_macs(model, x, s: Dict[str, Any], base_macs: int, task):
+    """Bisect GroupNormPruner's global ratio until the pruned copy keeps `keep_macs` of the MACs (within 1%)."""
+    goal = s["keep_macs"] * base_macs
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(14):
+        mid = 0.5 * (lo + hi)
+        trial = copy.deepcopy(model)
+        tp_pruner(trial, x, mid, s).step()
+        macs = task.cost(trial)["macs"]
+        if best is None or abs(macs - goal) < abs(best[1] - goal):
+            best = (trial, macs, mid)
+        if abs(macs - goal) <= 0.01 * goal:
+            break
+        lo, hi = (mid, hi) if macs > goal else (lo, mid)
+    return best
+
+
+def run_tp_arm(s: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """(b): group-norm sparse training (Torch-Pruning's regularizer), global group-norm pruning, fine-tuning."""
+    from prunekit.methods.cifar import ClassificationTask, TaskConfig, TrainStageConfig
+
+    task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
+    model, x = task.build(), task.example_inputs()
+    base_macs = task.cost(model)["macs"]
+    hook = TPRegularizer(tp_pruner(model, x, 0.5, s))
+    task.train(model, TrainStageConfig(epochs=s["stage1_epochs"], lr=s["lr"]), out / "b_tp_gnorm" / "sparse",
+               hooks=[hook])
+    sparse_acc = task.accuracy(model)
+    pruned, macs, ratio = tp_prune_to_macs(model.eval(), x, s, base_macs, task)
+    pruned_acc = task.accuracy(pruned)
+    task.train(pruned, TrainStageConfig(epochs=s["stage3_epochs"], lr=s["lr"]), out / "b_tp_gnorm" / "finetune")
+    return finish(task, pruned, {"sparse_accuracy": sparse_acc, "pruned_accuracy": pruned_acc, "tp_ratio": ratio})
+
+
+def run_arm(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """Run (or read back) one arm; its figures are cached in ``<out>/<arm>/arm.json`` keyed by the settings."""
+    cache = out / name / "arm.json"
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("settings") == s:
+            return data["row"]
+    t0 = time.perf_counter()
+    if name == "a_l1":
+        row = run_l1_arm(s, out)
+    elif name == "b_tp_gnorm":
+        row = run_tp_arm(s, out)
+    else:
+        row = run_recipe_arm(name, s, out)
+    row = {"arm": name, "label": LABELS[name], "epochs_total": s["stage1_epochs"] + s["stage3_epochs"], **row,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(cache, {"settings": s, "row": row})
+    print(f"  {name}: accuracy {row['accuracy']:.4f}  MACs {row['macs']:,}  ({row['seconds']} s)", file=sys.stderr,
+          flush=True)
+    return row
+
+
+def markdown(rows: List[Dict[str, Any]], base: Dict[str, Any], targets, s: Dict[str, Any], command: str) -> str:
+    lines = [f"Command: `{command}`", "",
+             f"Settings: {json.dumps(s)}. CIFAR-10 JPEG copy; accuracy on the first "
+             f"{s['test_limit'] or 10000} test images; MACs and params per image; CPU latency: batch 1, 1 thread, "
+             f"median of 30.", "",
+             "| arm | accuracy | params | MACs | MACs kept | latency ms | epochs |", "|---|---|---|---|---|---|---|",
+             f"| original ResNet-56 (B) | {base['accuracy']:.4f} | {base['params']:,} | {base['macs']:,} | 1.000 | "
+             f"{base['latency_ms']:.2f} | 0 |"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['accuracy']:.4f} | {r['params']:,} | {r['macs']:,} | "
+                     f"{r['macs'] / base['macs']:.3f} | {r['latency_ms']:.2f} | {r['epochs_total']} |")
+    lines += ["", "| target | value | op | goal | passed |", "|---|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['value']:.4g} | {t['op']} | {t['target']} | {t['passed']} |" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5k train images, 2k test images, 1+1 epochs")
+    parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
+    parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<mode>)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    parser.add_argument("--arms", default=",".join(LABELS), help="comma-separated arms to run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("STAGE1", "STAGE3"),
+                        help="override the epochs of the sparse and fine-tuning stages")
+    parser.add_argument("--train-subset", type=int, default=None, help="override the training subset size")
+    parser.add_argument("--test-limit", type=int, default=None, help="override the number of test images")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    mode = "quick" if args.quick else "full"
+    s = {**COMMON, **MODES[mode], "mode": mode}
+    if args.epochs:
+        s.update(stage1_epochs=args.epochs[0], stage3_epochs=args.epochs[1])
+    if args.train_subset:
+        s["train_subset"] = args.train_subset
+    if args.test_limit:
+        s["test_limit"] = args.test_limit
+    out = Path(args.out_dir or f"runs/pipeline_cifar_{mode}")
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    from prunekit.methods.cifar import ClassificationTask, TaskConfig
+
+    task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
+    original = task.build()
+    base = {"accuracy": task.accuracy(original), **task.cost(original), "latency_ms": task.latency_ms(original)}
+    rows = [run_arm(name, s, out) for name in args.arms.split(",") if name]
+    by = {r["arm"]: r for r in rows}
+    targets = []
+    if all(k in by for k in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
+        best = max(by["c_gcp"]["accuracy"], by["d_slim_cwd"]["accuracy"])
+        targets.append(target("best(c,d) - b accuracy, points", 100 * (best - by["b_tp_gnorm"]["accuracy"]), ">=", 0.5))
+    macs = [r["macs"] for r in rows]
+    targets.append(target("MACs spread across arms (max/min - 1)", max(macs) / min(macs) - 1, "<=", 0.02))
+    targets.append(target("MACs kept, worst arm vs 0.5 (relative error)",
+                          max(abs(m / base["macs"] - s["keep_macs"]) / s["keep_macs"] for m in macs), "<=", 0.02))
+    print_table(f"CIFAR-10 pipeline ({mode})", ["arm", "accuracy", "params", "MACs", "kept", "latency ms", "epochs"],
+                [["original", base["accuracy"], base["params"], base["macs"], 1.0, base["latency_ms"], 0]]
+                + [[r["label"], r["accuracy"], r["params"], r["macs"], r["macs"] / base["macs"], r["latency_ms"],
+                    r["epochs_total"]] for r in rows])
+    print_targets(targets)
+    payload = report("pipeline_cifar", argv, start, rows, targets, settings=s, original=base)
+    if args.json:
+        write_json(args.json, payload)
+    if args.md:
+        body = markdown(rows, base, targets, s, payload["command"])
+        update_doc_section(args.md, f"pipeline_cifar_{mode}", f"Compression pipeline on CIFAR-10 ({mode})", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,373 @@
+"""Detection benchmark of the three-stage compression pipeline (seed papers 1 and 3) on YOLOv8-style detectors.
+
+Part A (cifar_mosaic, 10 classes, 128 px): a YOLOv8-n-layout detector (width reduced on CPU, see ``width`` in the
+JSON) is trained from scratch, then compressed to about half its parameters by three recipes that all start from
+it and all train the same number of epochs (``recipe_epochs``):
+
+- ``gcp`` (paper 1): BN-L1 sparse training with the ``gcp_variable`` rate, BN-scale pruning with one threshold per
+  feature-map-scale scope (allocator ``scoped``, scopes = the group tag ``scale``), removed channels' constant
+  folded into the next layer, fine-tuning with spatial attention transfer from the unpruned model;
+- ``slim-cwd`` (paper 3): BN-L1 with ``linear_decay`` (plus the shifts' L1 at 10 s0, as the author code), global
+  BN-scale threshold (allocator ``global``), folding, fine-tuning with channel-wise distillation on the neck outputs;
+- ``l1-finetune``: filter-L1 pruning with the same ratio in every layer, then plain fine-tuning for all the epochs.
+
+The unpruned model is also trained on for ``recipe_epochs`` more epochs, so the recipes are compared with an
+unpruned model that saw as much training (``unpruned_same_epochs``). `prunekit.methods.gcp` / ``slim_cwd`` run
+their stages on classification tasks only, so the stages are composed here from the library parts (reusing
+`prunekit.methods.gcp.assign_scopes` and `prunekit.methods.base.zero_bn_scales`).
+
+Part B: the real YOLOv8s fall detector (`yolov8s_fall`, BN fused) pruned by filter L1 to half its MACs, then
+recovered by channel-wise distillation from the unpruned model on unlabelled images (COCO8 train images and
+cifar_mosaic canvases); agreement mAP50 (its detections scored against the original's confident detections, held-out
+COCO8 val images and canvases) before and after recovery, and CPU latency.
+
+    python benchmarks/pipeline_detect.py --quick --json out.json [--docs docs/results_detect.md] [--skip-fall]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+
+import prunekit  # noqa: E402
+from prunekit.data.cifar_mosaic import cifar_mosaic  # noqa: E402
+from prunekit.data.detection import coco8, collate_fn  # noqa: E402
+from prunekit.graph.types import Budget  # noqa: E402
+from prunekit.metrics.latency import eager_latency  # noqa: E402
+from prunekit.metrics.macs import count_macs  # noqa: E402
+from prunekit.metrics.params import count_parameters  # noqa: E402
+from prunekit.models.yolov8 import YOLOv8, YOLOv8Config  # noqa: E402
+from prunekit.train.detection import agreement_map, detection_loss_fn, evaluate_map  # noqa: E402
+from prunekit.train.distill.taps import Distiller, DistillTerm  # noqa: E402
+from prunekit.train.loop import TrainConfig, train  # noqa: E402
+from prunekit.train.regularizers.bn_l1 import BNL1, BNL1Config  # noqa: E402
+
+SETTINGS: Dict[str, Dict[str, Any]] = {
+    "quick": dict(width=0.125, img=128, n_train=768, n_test=128, base_epochs=6, sparse_epochs=2, ft_epochs=2,
+                  batch=16, lr=0.1, ft_lr=0.05, fall_size=320, fall_train=24, fall_eval=8, fall_epochs=2,
+                  fall_batch=4, latency_repeats=5),
+    "full": dict(width=0.25, img=128, n_train=4000, n_test=500, base_epochs=40, sparse_epochs=10, ft_epochs=10,
+                 batch=16, lr=0.1, ft_lr=0.05, fall_size=640, fall_train=160, fall_eval=32, fall_epochs=4,
+                 fall_batch=4, latency_repeats=10),
+}
+KEEP_PARAMS = 0.5
+SPARSE_PULL = 0.5  # total L1 pull on a BN scale over the sparse stage: lr-sum * s / (1 - momentum)
+MOMENTUM = 0.937
+AT_LAYERS = ("stage2", "stage3", "sppf", "td_p3", "bu_p4", "bu_p5")  # backbone and neck output at every scale
+NECK = ("td_p3", "bu_p4", "bu_p5")
+HEAD_OUT = ("detect.cv2.[0-2]", "detect.cv3.[0-2]")  # the head's final per-level maps (never pruned)
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def train_cfg(epochs: int, lr: float, batch: int, seed: int = 0, optimizer: str = "sgd") -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, momentum=MOMENTUM if optimizer == "sgd" else 0.9,
+                       weight_decay=5e-4 if optimizer == "sgd" else 0.0, batch_size=batch, warmup_steps=20,
+                       min_lr_ratio=0.05, grad_clip=10.0, seed=seed, progress=True, device="cpu", log_every=10)
+
+
+def fit(model: torch.nn.Module, data, epochs: int, lr: float, batch: int, hooks: Sequence[Any] = ()) -> Dict[str, Any]:
+    """Train a detector with the YOLOv8 loss; returns loss / time facts."""
+    result = train(model, data, train_cfg(epochs, lr, batch), loss_fn=detection_loss_fn(model), hooks=hooks,
+                   collate_fn=collate_fn)
+    return {"steps": result.steps, "final_loss": round(result.final_loss, 4), "seconds": round(result.seconds, 1)}
+
+
+def sparse_rate(epochs: int, steps_per_epoch: int, lr: float) -> float:
+    """BN-L1 rate s giving a total pull of `SPARSE_PULL` over a cosine-scheduled stage (SGD with momentum)."""
+    cfg = train_cfg(epochs, lr, 1)
+    total = epochs * steps_per_epoch
+    from prunekit.train.loop import lr_at
+
+    lr_sum = sum(lr_at(cfg, step, total) for step in range(total))
+    return SPARSE_PULL * (1 - MOMENTUM) / lr_sum
+
+
+# --------------------------------------------------------------------------------------------------- pruning
+
+
+def prune_detector(model: torch.nn.Module, example: torch.Tensor, criterion: str, allocator: str,
+                   allocator_options: Dict[str, Any], budget: Budget, fold: bool) -> tuple:
+    """Plan, optionally zero the removed BN scales and fold their constants into consumers, remove physically."""
+    from prunekit.compensate.bias_fold import fold_removed_channels
+    from prunekit.methods.base import zero_bn_scales
+    from prunekit.methods.gcp import SCOPE_TAG, assign_scopes
+
+    model = copy.deepcopy(model).eval()
+    analysis = prunekit.analyze(model, example)
+    options = dict(allocator_options)
+    if allocator == "scoped":
+        assign_scopes(analysis.groups, ("scale",), {})
+        options["by"] = (SCOPE_TAG,)
+    plan = prunekit.plan(model, example, criterion=criterion, allocator=allocator, budget=budget,
+                         allocator_options=options, analysis=analysis,
+                         criterion_options={"reduction": "mean"} if criterion == "bn_scale" else None)
+    removed = plan.removed_tensors()
+    facts = {"removed_channels": int(sum(len(v) for v in removed.values())), "ratio": plan.provenance.get("ratio")}
+    if allocator == "scoped":
+        facts["scopes"] = sorted({str(g.tags.get(SCOPE_TAG)) for g in analysis.groups if g.prunable})
+    if fold:
+        facts["zeroed_gammas"] = zero_bn_scales(model, analysis.groups, removed)
+        facts["folded_into"] = len(fold_removed_channels(model, analysis.groups, removed, example)["folded"])
+    pruned = prunekit.apply(model, plan, example, analysis=analysis)
+    return pruned, facts
+
+
+def distiller(teacher: torch.nn.Module, loss: str, layers: Sequence[str], weight: float,
+              loss_args: Dict[str, Any]) -> Distiller:
+    return Distiller(copy.deepcopy(teacher), [DistillTerm(loss=loss, loss_args=loss_args, student=tuple(layers),
+                                                          weight=weight)])
+
+
+def cost(model: torch.nn.Module, img: int) -> Dict[str, float]:
+    model.eval()
+    return {"params": count_parameters(model), "macs": count_macs(model, torch.zeros(1, 3, img, img))}
+
+
+# --------------------------------------------------------------------------------------------------- part A
+
+
+def part_a(s: Dict[str, Any], log) -> Dict[str, Any]:
+    torch.manual_seed(0)
+    train_set = cifar_mosaic("train", s["n_train"], s["img"], seed=0)
+    test_set = cifar_mosaic("test", s["n_test"], s["img"], seed=1)
+    example = torch.stack([test_set[i][0] for i in range(2)])
+    steps = math.ceil(s["n_train"] / s["batch"])
+    recipe_epochs = s["sparse_epochs"] + s["ft_epochs"]
+    rows: List[Dict[str, Any]] = []
+
+    def record(name: str, model, facts: Dict[str, Any]) -> Dict[str, Any]:
+        row = {"model": name, **cost(model, s["img"]), **evaluate_map(model, test_set), **facts}
+        row.pop("images", None)
+        rows.append(row)
+        log(f"[A] {name}: mAP50 {row['map50']:.4f} mAP50-95 {row['map50_95']:.4f} params {row['params']:,}")
+        return row
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = YOLOv8(YOLOv8Config(nc=10, depth=0.33, width=s["width"]))
+    base.detect.bias_init(s["img"])
+    facts = fit(base, train_set, s["base_epochs"], s["lr"], s["batch"])
+    base_row = record("unpruned", base, {"epochs": s["base_epochs"], **facts})
+    teacher = copy.deepcopy(base).eval()
+
+    longer = copy.deepcopy(base)
+    facts = fit(longer, train_set, recipe_epochs, s["ft_lr"], s["batch"])
+    same_row = record("unpruned_same_epochs", longer, {"epochs": s["base_epochs"] + recipe_epochs, **facts})
+    del longer
+
+    budget = Budget(target="params", keep_fraction=KEEP_PARAMS)
+    s_rate = sparse_rate(s["sparse_epochs"], steps, s["ft_lr"])
+    recipes = {
+        "gcp": dict(schedule="gcp_variable", beta=0.0, criterion="bn_scale", allocator="scoped",
+                    options={"normalizer": "none"}, distill=("attention", AT_LAYERS, 1000.0, {"betas": (1.0,)})),
+        "slim-cwd": dict(schedule="linear_decay", beta=10.0, criterion="bn_scale", allocator="global",
+                         options={"normalizer": "none"}, distill=("cwd", NECK, 1.0, {"tau": 1.0})),
+    }
+    for name, r in recipes.items():
+        model = copy.deepcopy(base)
+        bnl1 = BNL1(BNL1Config(s=s_rate, schedule=r["schedule"], unit="step", beta_rate=r["beta"] * s_rate))
+        sparse_facts = fit(model, train_set, s["sparse_epochs"], s["ft_lr"], s["batch"], hooks=[bnl1])
+        sparse_map = evaluate_map(model, test_set)["map50"]
+        gammas = torch.cat([bn.weight.detach().abs() for _, bn in bnl1.layers(model)])
+        pruned, prune_facts = prune_detector(model, example, r["criterion"], r["allocator"], r["options"], budget,
+                                             fold=True)
+        pruned_map = evaluate_map(pruned, test_set)["map50"]
+        loss, layers, weight, args = r["distill"]
+        ft_facts = fit(pruned, train_set, s["ft_epochs"], s["ft_lr"], s["batch"],
+                       hooks=[distiller(teacher, loss, layers, weight, args)])
+        record(name, pruned, {"epochs": s["base_epochs"] + recipe_epochs, "sparse_rate": s_rate,
+                              "gamma_below_1e-2": float((gammas < 1e-2).float().mean()),
+                              "map50_after_sparse": sparse_map, "map50_after_prune": pruned_map,
+                              "distill": f"{loss} on {','.join(layers)} (weight {weight})",
+                              "seconds": sparse_facts["seconds"] + ft_facts["seconds"], **prune_facts})
+
+    pruned, prune_facts = prune_detector(base, example, "l1", "uniform", {}, budget, fold=False)
+    pruned_map = evaluate_map(pruned, test_set)["map50"]
+    facts = fit(pruned, train_set, recipe_epochs, s["ft_lr"], s["batch"])
+    record("l1-finetune", pruned, {"epochs": s["base_epochs"] + recipe_epochs, "map50_after_prune": pruned_map,
+                                   **facts, **prune_facts})
+
+    recipe_rows = [r for r in rows if r["model"] in ("gcp", "slim-cwd", "l1-finetune")]
+    best = max(recipe_rows, key=lambda r: r["map50"])
+    for r in rows:
+        r["params_keep"] = r["params"] / base_row["params"]
+        r["macs_keep"] = r["macs"] / base_row["macs"]
+    return {"rows": rows, "best_recipe": best["model"],
+            "best_minus_unpruned_same_epochs": 100 * (best["map50"] - same_row["map50"]),
+            "best_minus_unpruned": 100 * (best["map50"] - base_row["map50"]),
+            "best_params_keep": best["params"] / base_row["params"]}
+
+
+# --------------------------------------------------------------------------------------------------- part B
+
+
+class _Unlabelled(torch.utils.data.Dataset):
+    """Images with empty targets (the distillation loop needs ``(image, targets)`` items)."""
+
+    def __init__(self, images: Sequence[torch.Tensor]):
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], torch.zeros(0, 6)
+
+
+def fall_images(split: str, size: int, n_canvas: int, seed: int) -> List[torch.Tensor]:
+    """COCO8 images of `split` (letterboxed) and their mirror images, plus cifar_mosaic canvases drawn at `size`."""
+    coco = [coco8(split, size)[i][0] for i in range(len(coco8(split, size)))]
+    canvases = cifar_mosaic("train" if split == "train" else "test", n_canvas, size, seed=seed)
+    return coco + [img.flip(-1) for img in coco] + [canvases[i][0] for i in range(n_canvas)]
+
+
+def _zero_task_loss(outputs, targets) -> torch.Tensor:
+    return sum(o.sum() for o in outputs) * 0.0
+
+
+def part_b(s: Dict[str, Any], log) -> Dict[str, Any]:
+    from prunekit.models.yolo_onnx import yolov8s_fall
+
+    size = s["fall_size"]
+    original = yolov8s_fall().eval()
+    train_imgs = fall_images("train", size, s["fall_train"], seed=10)
+    eval_imgs = torch.stack(fall_images("val", size, s["fall_eval"], seed=11))
+    example = torch.rand(1, 3, 128, 128)  # MACs fractions do not depend on the resolution of a convolutional net
+    started = time.perf_counter()
+    analysis = prunekit.analyze(original, example)
+    plan = prunekit.plan(original, example, criterion="l1", allocator="uniform",
+                         budget=Budget(target="macs", keep_fraction=0.5), analysis=analysis)
+    pruned = prunekit.apply(original, plan, example, analysis=analysis).eval()
+    plan_seconds = time.perf_counter() - started
+    x = torch.rand(1, 3, size, size)
+
+    def measure(model) -> Dict[str, Any]:
+        lat = eager_latency(model.eval(), x, warmup=2, repeats=s["latency_repeats"], threads=2)
+        return {"params": count_parameters(model), "macs": count_macs(model, x), "latency_ms": lat.median_ms}
+
+    rows = [{"model": "original", **measure(original), **agreement_map(original, original, eval_imgs)}]
+    before = agreement_map(pruned, original, eval_imgs)
+    rows.append({"model": "pruned (no recovery)", **measure(pruned), **before})
+    log(f"[B] pruned: agreement mAP50 {before['map50']:.4f} ({before['reference_boxes']} reference boxes)")
+    student = copy.deepcopy(pruned)
+    hook = Distiller(original, [DistillTerm(loss="cwd", loss_args={"tau": 1.0}, student=NECK + HEAD_OUT,
+                                            weight=1.0)])
+    cfg = train_cfg(s["fall_epochs"], 1e-4, s["fall_batch"], optimizer="adamw")
+    result = train(student, _Unlabelled(train_imgs), cfg, loss_fn=_zero_task_loss, hooks=[hook],
+                   collate_fn=collate_fn)
+    after = agreement_map(student, original, eval_imgs)
+    rows.append({"model": "pruned + CWD recovery", **measure(student), **after,
+                 "distill_seconds": round(result.seconds, 1), "distill_loss": round(result.final_loss, 4)})
+    log(f"[B] recovered: agreement mAP50 {after['map50']:.4f}")
+    for r in rows:
+        r["macs_keep"] = r["macs"] / rows[0]["macs"]
+    return {"rows": rows, "size": size, "plan_seconds": round(plan_seconds, 1),
+            "train_images": len(train_imgs), "eval_images": int(eval_imgs.shape[0]),
+            "distill_layers": list(NECK + HEAD_OUT), "before": before["map50"], "after": after["map50"]}
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+A_COLS = ["model", "epochs", "params", "params_keep", "macs_keep", "map50", "map50_95", "map50_after_prune"]
+B_COLS = ["model", "params", "macs_keep", "latency_ms", "map50", "map50_95", "reference_boxes"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], targets: List[Dict[str, Any]],
+             settings: Dict[str, Any], command: str) -> str:
+    lines = [f"Generated by `{command}` (settings: {settings}).", ""]
+    if a is not None:
+        lines += ["### A. YOLOv8-n layout on cifar_mosaic (128 px, 10 classes), about half the parameters", "",
+                  "| " + " | ".join(A_COLS) + " |", "|" + "---|" * len(A_COLS)]
+        lines += ["| " + " | ".join(_cell(r.get(c)) for c in A_COLS) + " |" for r in a["rows"]]
+        lines += ["", f"Best recipe: {a['best_recipe']}; mAP50 difference with the unpruned model trained as long: "
+                      f"{a['best_minus_unpruned_same_epochs']:+.2f} points (with the base model: "
+                      f"{a['best_minus_unpruned']:+.2f}).", ""]
+    if b is not None:
+        lines += [f"### B. YOLOv8s fall detector at {b['size']} px, half the MACs, CWD recovery on unlabelled images",
+                  "", f"Agreement mAP: detections scored against the original's detections (conf 0.25) on "
+                      f"{b['eval_images']} held-out images; distillation on {b['train_images']} images.", "",
+                  "| " + " | ".join(B_COLS) + " |", "|" + "---|" * len(B_COLS)]
+        lines += ["| " + " | ".join(_cell(r.get(c)) for c in B_COLS) + " |" for r in b["rows"]]
+        lines.append("")
+    lines += ["| target | value | op | goal | passed |", "|---|---|---|---|---|"]
+    lines += [f"| {t['name']} | {_cell(t['value'])} | {t['op']} | {t['target']} | {t['passed']} |" for t in targets]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", default=None, help="write the JSON report here")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized run (about 10 minutes on 2 cores)")
+    parser.add_argument("--docs", default="docs/results_detect.md", help="markdown file of the results ('' = none)")
+    parser.add_argument("--skip-fall", action="store_true", help="skip part B (the YOLOv8s fall detector)")
+    parser.add_argument("--skip-train", action="store_true", help="skip part A (training on cifar_mosaic)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the mode (e.g. n_train=64 base_epochs=1)")
+    args = parser.parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    mode = "quick" if args.quick else "full"
+    s = dict(SETTINGS[mode])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in s:
+            parser.error(f"--set: unknown setting {key!r}; known: {sorted(s)}")
+        s[key] = type(s[key])(value)
+    log = lambda msg: print(f"{time.perf_counter() - start:7.1f}s {msg}", flush=True)  # noqa: E731
+    a = None if args.skip_train else part_a(s, log)
+    b = None if args.skip_fall else part_b(s, log)
+    targets = []
+    if a is not None:
+        print_table("A: cifar_mosaic detector", A_COLS, [[r.get(c) for c in A_COLS] for r in a["rows"]])
+        targets.append(target("best_recipe_map50_minus_unpruned_same_epochs_points",
+                              a["best_minus_unpruned_same_epochs"], ">=", -3.0))
+        targets.append(target("best_recipe_params_keep", a["best_params_keep"], "<=", 0.55))
+    if b is not None:
+        print_table("B: YOLOv8s fall detector", B_COLS, [[r.get(c) for c in B_COLS] for r in b["rows"]])
+        targets.append(target("fall_pruned_macs_keep", b["rows"][1]["macs_keep"], "<=", 0.52))
+        targets.append(target("fall_agreement_gain_from_cwd", b["after"] - b["before"], ">=", 0.0))
+    print_targets(targets)
+    notes = {"width_note": f"width multiple {s['width']} (YOLOv8n is 0.25)" + (" reduced for CPU" if s["width"] < 0.25
+                                                                               else ""),
+             "recipes_note": "prunekit.methods.gcp/slim_cwd run on classification tasks only; their stages are "
+                             "composed here from the library parts (BNL1, scoped/global bn_scale plans, bias "
+                             "folding, Distiller)"}
+    payload = report("pipeline_detect", argv, start, (a or {}).get("rows", []) + (b or {}).get("rows", []), targets,
+                     mode=mode, settings=s, part_a=a, part_b=b, **notes)
+    if args.json:
+        write_json(args.json, payload)
+    if args.docs:
+        update_doc_section(args.docs, "pipeline_detect", "Detection compression pipeline (papers 1 and 3)",
+                           markdown(a, b, targets, s, payload["command"]))
+    print(f"total {payload['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

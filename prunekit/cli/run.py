@@ -1,0 +1,72 @@
+"""`prunekit run <recipe>`: run (or resume) a paper's recipe from a YAML/TOML config plus ``--set`` overrides.
+
+    prunekit run gcp --config examples/gcp_cifar_resnet56.yaml --set stage1.epochs=1
+    prunekit run slim-cwd --config examples/slim_cwd_cifar_resnet56.yaml --set out_dir=runs/slim
+    prunekit run                      # lists the recipes
+
+Rerunning the same command resumes: finished stages are skipped, an interrupted stage continues from its last
+training checkpoint.
+"""
+from __future__ import annotations
+
+COMMAND = "run"
+HELP = "run or resume a recipe (prunekit run gcp --config examples/gcp_cifar_resnet56.yaml)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", nargs="?", default=None, help="recipe name (omit to list them)")
+    parser.add_argument("--config", default=None, help="YAML or TOML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. stage1.epochs=1 (repeatable)")
+    parser.add_argument("--out-dir", default=None, help="shortcut for --set out_dir=PATH")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _list_recipes(console) -> None:
+    from rich.table import Table
+
+    from ..methods import RECIPES
+
+    table = Table(title="recipes")
+    table.add_column("name")
+    table.add_column("description")
+    for name in RECIPES.names():
+        table.add_row(name, RECIPES.describe(name))
+    console.print(table)
+
+
+def run(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from ..config import to_dict
+    from ..errors import UnknownNameError
+    from ..methods import RECIPES
+
+    console = Console()
+    if args.recipe is None:
+        _list_recipes(console)
+        return 2
+    try:
+        cls = RECIPES.get(args.recipe)
+    except UnknownNameError as exc:
+        console.print(f"[red]{exc}[/red]")
+        _list_recipes(console)
+        return 2
+    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    recipe = cls.from_file(args.config, overrides)
+    if args.print_config:
+        console.print_json(json.dumps(to_dict(recipe.config), default=str))
+        return 0
+    console.print(f"running recipe [bold]{recipe.name}[/bold] into {recipe.config.out_dir}")
+    result = recipe.run()
+    if result["status"] != "complete":
+        console.print(f"stopped in stage '{result.get('stopped_in')}' (max_steps): rerun the same command to resume")
+        return 0
+    base = result["original"]
+    console.print(f"accuracy {result['accuracy']:.4f}  params {result['params']:,} ({result['params_keep']:.3f} of "
+                  f"{base['params']:,})  MACs {result['macs']:,} ({result['macs_keep']:.3f} of {base['macs']:,})  "
+                  f"latency {result['latency_ms']:.2f} ms")
+    console.print(f"model: {result['model_dir']}  result: {recipe.config.out_dir}/result.json")
+    return 0

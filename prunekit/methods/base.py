@@ -1,0 +1,395 @@
+"""The recipe frame: a typed config, stages run in order in their own folders, resumable, and a JSON result.
+
+A recipe (`Recipe` subclass) declares its config class and its stages. `run()` executes the stages in order, each in
+``<out_dir>/<i>_<stage>/``:
+
+- a finished stage leaves ``done.json`` (its fingerprint and facts) beside its output model (``model/``: weights, and
+  the pruning plan once the model is pruned); a rerun skips it and later stages load its model from disk, so a
+  straight run and a resumed run see the very same tensors;
+- a stage that trains checkpoints into ``ckpt/`` and, when interrupted (or stopped by ``max_steps``), continues from
+  its last checkpoint on the next run (`prunekit.train.loop` resumes exactly: weights, optimizer, data order, RNG);
+- a stage's fingerprint hashes the task section and the sections of this and every earlier stage, minus run-control
+  keys (``max_steps``, checkpoint frequency, device, threads, latency settings). A folder made with other settings
+  is refused with a clear error, or cleared when ``overwrite: true``.
+
+The result (accuracy, params, MACs, CPU latency of the final model, the original's figures, every stage's facts) is
+returned and written atomically to ``<out_dir>/result.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..config import from_dict, load_config, to_dict
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from .cifar import RUN_CONTROL, ClassificationTask, TaskConfig, need
+
+RESULT_FILE = "result.json"
+DONE_FILE = "done.json"
+STARTED_FILE = "started.json"
+
+
+@dataclass
+class RecipeConfig:
+    """Fields every recipe config has (subclasses add ``stage1``, ``stage2``, ``stage3`` sections).
+
+    Attributes:
+        out_dir: folder of the stage outputs and ``result.json``.
+        seed: seed of every training stage.
+        overwrite: clear stage folders made with other settings instead of refusing them.
+        task: the model and data (`TaskConfig`).
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    out_dir: str = "runs/recipe"
+    seed: int = 0
+    overwrite: bool = False
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    def __post_init__(self):
+        need(bool(str(self.out_dir).strip()), "config", "out_dir must not be empty")
+
+
+@dataclass
+class StageOutput:
+    """What a stage hands back: its model (pruned or not), the plan that pruned it, facts, and whether it finished."""
+
+    model: Optional[nn.Module]
+    plan: Any = None
+    info: Dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+
+
+@dataclass
+class Stage:
+    """One step of a recipe: `name`, the config `sections` it reads, and ``run(ctx) -> StageOutput``."""
+
+    name: str
+    sections: Sequence[str]
+    run: Callable[["StageContext"], StageOutput]
+
+
+@dataclass
+class StageContext:
+    """Passed to a stage: the recipe, the task, the stage folder, and access to earlier stages' models."""
+
+    recipe: "Recipe"
+    task: ClassificationTask
+    folder: Path
+    folders: Dict[str, Path]
+
+    @property
+    def config(self):
+        return self.recipe.config
+
+    def model(self, stage: str) -> nn.Module:
+        """A fresh copy of a finished earlier stage's model, read from its folder."""
+        if stage not in self.folders:
+            raise ConfigError(f"recipe {self.recipe.name}: stage '{stage}' has not run before this one")
+        return load_stage_model(self.folders[stage] / "model", self.task)
+
+    def plan(self, stage: str):
+        """The pruning plan saved by a finished earlier stage (None when its model is unpruned)."""
+        from ..prune.plan import PruningPlan
+
+        path = self.folders[stage] / "model" / "plan.json"
+        return PruningPlan.load(path) if path.exists() else None
+
+
+def save_stage_model(folder: Path, model: nn.Module, plan: Any = None) -> None:
+    """Write ``folder/model.safetensors`` (plus ``plan.json`` when pruned); no pickle."""
+    import prunekit
+    from ..io import save_tensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        prunekit.save(model.cpu(), plan, folder)
+    else:
+        save_tensors(folder / "model.safetensors", model.cpu().state_dict())
+
+
+def load_stage_model(folder: Path, task: ClassificationTask) -> nn.Module:
+    """Rebuild a stage's model: the task's architecture, the saved plan replayed if any, the saved weights."""
+    import prunekit
+    from ..io import load_state_dict_strict, load_tensors
+
+    fresh = task.build(pretrained=False)
+    if (folder / "plan.json").exists():
+        return prunekit.load(folder, model=fresh).eval()
+    load_state_dict_strict(fresh, load_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    return fresh.eval()
+
+
+def _section_dict(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: _section_dict(v) for k, v in dataclasses.asdict(value).items() if k not in RUN_CONTROL}
+    if isinstance(value, dict):
+        return {k: _section_dict(v) for k, v in value.items() if k not in RUN_CONTROL}
+    return value
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class Recipe:
+    """Base class of the seed papers' recipes: a typed config, ordered stages, `run()`.
+
+    Subclasses set `name`, `Config` (a `RecipeConfig` subclass), `fidelity` and implement `stages()`.
+
+    Args:
+        config: a `Config` instance, a dict of sections, or None (defaults).
+        **overrides: top-level config fields replaced on the way in.
+    """
+
+    name: ClassVar[str] = "recipe"
+    Config: ClassVar[type] = RecipeConfig
+    fidelity: ClassVar[str] = "reconstructed"
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, dict):
+            config = from_dict(self.Config, config)
+        elif not isinstance(config, self.Config):
+            raise ConfigError(f"recipe {self.name}: config must be a {self.Config.__name__} or a dict, got "
+                              f"{type(config).__name__}")
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def from_file(cls, path: Optional[str] = None, overrides: Sequence[str] = ()) -> "Recipe":
+        """Build from a YAML/TOML file plus ``section.key=value`` overrides."""
+        return cls(load_config(cls.Config, path, overrides))
+
+    def stages(self) -> List[Stage]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------- running
+    def fingerprint(self, upto: int) -> str:
+        """Hash of the task section plus the sections of stages 0..`upto`, without run-control keys."""
+        stages = self.stages()
+        sections = ["task"] + [s for stage in stages[:upto + 1] for s in stage.sections]
+        data = {"recipe": self.name, "version": self.Config.VERSION, "seed": self.config.seed,
+                **{s: _section_dict(getattr(self.config, s)) for s in sections}}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def run(self) -> Dict[str, Any]:
+        """Run (or resume) every stage; returns the result dict also written to ``<out_dir>/result.json``."""
+        out = Path(self.config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with _threads(self.config.task.num_threads):
+            task = ClassificationTask(self.config.task, self.config.seed)
+            result = {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity,
+                      "status": "running", "out_dir": str(out), "config": to_dict(self.config),
+                      "original": self._original(task, out), "stages": {}}
+            stages = self.stages()
+            folders: Dict[str, Path] = {}
+            for i, stage in enumerate(stages):
+                folder = out / f"{i + 1}_{stage.name}"
+                fp = self.fingerprint(i)
+                info = self._finished(folder, fp, stage.name)
+                if info is None:
+                    self._claim(folder, fp, stage.name, [out / f"{j + 1}_{s.name}" for j, s in enumerate(stages)
+                                                         if j > i])
+                    t0 = time.perf_counter()
+                    output = stage.run(StageContext(self, task, folder, dict(folders)))
+                    info = {**output.info, "seconds": round(time.perf_counter() - t0, 2)}
+                    if not output.complete:
+                        result["stages"][stage.name] = info
+                        result.update(status="incomplete", stopped_in=stage.name)
+                        return self._write(out, result, started)
+                    save_stage_model(folder / "model", output.model, output.plan)
+                    atomic_write_text(folder / DONE_FILE, json.dumps({"stage": stage.name, "fingerprint": fp,
+                                                                      "info": info}, indent=2))
+                folders[stage.name] = folder
+                result["stages"][stage.name] = info
+            final = load_stage_model(folders[stages[-1].name] / "model", task)
+            last = result["stages"][stages[-1].name]
+            metrics = {"accuracy": last["accuracy"] if "accuracy" in last else task.accuracy(final),
+                       **task.cost(final), "latency_ms": task.latency_ms(final)}
+            base = result["original"]
+            result.update(status="complete", model_dir=str(folders[stages[-1].name] / "model"), **metrics,
+                          macs_keep=metrics["macs"] / base["macs"], params_keep=metrics["params"] / base["params"])
+        return self._write(out, result, started)
+
+    def _write(self, out: Path, result: Dict[str, Any], started: float) -> Dict[str, Any]:
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=str))
+        return result
+
+    def _original(self, task: ClassificationTask, out: Path) -> Dict[str, Any]:
+        """Params / MACs of the unpruned model, plus accuracy and latency with ``task.eval_original`` (cached)."""
+        key = self.fingerprint(-1) + str(self.config.task.eval_original)
+        path = out / "original.json"
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["metrics"]
+        model = task.build()
+        metrics = task.measure(model) if self.config.task.eval_original else task.cost(model)
+        atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=2))
+        return metrics
+
+    def _finished(self, folder: Path, fp: str, name: str) -> Optional[Dict[str, Any]]:
+        """The facts of a finished stage with this fingerprint; None when it must (re)run."""
+        marker = folder / DONE_FILE
+        if not marker.exists():
+            return None
+        data = json.loads(marker.read_text())
+        if data.get("fingerprint") == fp and (folder / "model").is_dir():
+            return data["info"]
+        self._refuse_or_clear(folder, name)
+        return None
+
+    def _claim(self, folder: Path, fp: str, name: str, later: List[Path]) -> None:
+        """Mark `folder` as this configuration's (refusing another's) and clear later stages' folders."""
+        started = folder / STARTED_FILE
+        if started.exists() and json.loads(started.read_text()).get("fingerprint") != fp:
+            self._refuse_or_clear(folder, name)
+        for path in later:
+            if path.exists():
+                shutil.rmtree(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not started.exists():
+            atomic_write_text(started, json.dumps({"stage": name, "fingerprint": fp}))
+
+    def _refuse_or_clear(self, folder: Path, name: str) -> None:
+        if not self.config.overwrite:
+            raise ConfigError(f"recipe {self.name}: stage '{name}' in {folder} was made with different settings "
+                              f"(task or stage sections changed); use another out_dir or set overwrite=true")
+        shutil.rmtree(folder)
+
+
+# ----------------------------------------------------------------------------------------------- shared pruning step
+
+
+@dataclass
+class PruneStageConfig:
+    """Stage 2 settings shared by the recipes (scaling-factor pruning with bias folding).
+
+    Attributes:
+        keep_macs: keep this fraction of the MACs (the allocation's ratio is searched to within 2%); null: use
+            `ratio` instead.
+        ratio: fraction of the channels to remove when `keep_macs` is null.
+        ignore: module-name glob patterns left unpruned.
+        max_ratio: at most this fraction of any group's channels goes (keeps layers from emptying).
+        min_keep_channels: every group keeps at least this many channels (null: 1).
+        fold_bias: before removal, zero the removed channels' BN scales and fold their constant output act(beta)
+            into the consumers' bias (or the next BN's running mean), as paper 1's code does.
+    """
+
+    SECTION: ClassVar[str] = "stage2"
+
+    keep_macs: Optional[float] = 0.5
+    ratio: float = 0.5
+    ignore: Tuple[str, ...] = ()
+    max_ratio: Optional[float] = 0.9
+    min_keep_channels: Optional[int] = None
+    fold_bias: bool = True
+
+    def __post_init__(self):
+        s = self.SECTION
+        need(self.keep_macs is None or 0.0 < self.keep_macs < 1.0, s,
+             f"keep_macs must lie in (0, 1) or be null, got {self.keep_macs}")
+        need(0.0 < self.ratio < 1.0, s, f"ratio must lie in (0, 1), got {self.ratio}")
+        need(self.max_ratio is None or 0.0 < self.max_ratio <= 1.0, s, f"max_ratio must lie in (0, 1], got "
+             f"{self.max_ratio}")
+        need(self.min_keep_channels is None or self.min_keep_channels >= 1, s,
+             f"min_keep_channels must be >= 1 or null, got {self.min_keep_channels}")
+        self.ignore = tuple(self.ignore)
+
+    def budget(self):
+        """The engine `Budget` these settings describe."""
+        from ..graph.types import Budget
+
+        if self.keep_macs is not None:
+            return Budget(target="macs", keep_fraction=self.keep_macs, ignore=self.ignore)
+        return Budget(ratio=self.ratio, ignore=self.ignore)
+
+    def constraints(self) -> Dict[str, Any]:
+        """Allocator options shared by every policy."""
+        out: Dict[str, Any] = {}
+        if self.max_ratio is not None:
+            out["max_ratio"] = self.max_ratio
+        if self.min_keep_channels is not None:
+            out["min_keep_channels"] = self.min_keep_channels
+        return out
+
+
+def zero_bn_scales(model: nn.Module, groups, removed: Dict[str, torch.Tensor]) -> int:
+    """Set the BN scale (gamma) of every removed channel to 0 in place, so it outputs the constant beta.
+
+    Returns:
+        the number of gamma entries zeroed.
+    """
+    from ..importance.bn_scale import is_bn_scale
+
+    by_id = {g.id: g for g in groups}
+    count = 0
+    with torch.no_grad():
+        for gid, idx in removed.items():
+            if len(idx) == 0:
+                continue
+            for m in by_id[gid].members:
+                if is_bn_scale(model, m):
+                    positions = m.positions(torch.as_tensor(idx, dtype=torch.long))
+                    model.get_submodule(m.module).weight.index_fill_(m.dim, positions, 0.0)
+                    count += int(positions.numel())
+    return count
+
+
+def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: PruneStageConfig, criterion: str,
+                       allocator: str, criterion_options: Optional[Dict] = None,
+                       allocator_options: Optional[Dict] = None, model_spec: Optional[Dict] = None):
+    """Plan by scaling factor, fold the removed channels' constants (``cfg.fold_bias``), remove them physically.
+
+    Args:
+        model: the sparse-trained model (not modified).
+        inputs: example inputs [B, C, H, W] for tracing, folding and verification.
+        analysis: `prunekit.analyze(model, inputs)` (its group tags may carry the recipe's scopes).
+        cfg: budget and constraints. criterion / allocator (+ options): registry names for `prunekit.plan`.
+
+    Returns:
+        (pruned model, plan, facts dict).
+    """
+    import copy
+
+    import prunekit
+    from ..compensate.bias_fold import fold_removed_channels
+
+    options = {**cfg.constraints(), **(allocator_options or {})}
+    plan = prunekit.plan(model, inputs, criterion=criterion, allocator=allocator, budget=cfg.budget(),
+                         criterion_options=criterion_options, allocator_options=options, analysis=analysis,
+                         model_spec=model_spec)
+    work = copy.deepcopy(model).eval()
+    removed = plan.removed_tensors()
+    info: Dict[str, Any] = {"removed_channels": int(sum(len(v) for v in removed.values())),
+                            "groups_pruned": int(sum(1 for v in removed.values() if len(v))),
+                            "search_ratio": plan.provenance.get("ratio")}
+    if cfg.fold_bias:
+        info["zeroed_gammas"] = zero_bn_scales(work, analysis.groups, removed)
+        report = fold_removed_channels(work, analysis.groups, removed, inputs)
+        info["folded_into"] = len(report["folded"])
+        info["fold_skipped"] = report["skipped"] + report["varying"]
+    pruned = prunekit.apply(work, plan, inputs, analysis=analysis)
+    return pruned.eval(), plan, info

@@ -1,0 +1,130 @@
+"""GCP: dynamic sparse training, group channel pruning, spatial attention distillation (paper 1).
+
+Chu et al., "Group channel pruning and spatial attention distilling for object detection", Applied Intelligence
+2022 (YOLOv4 on VOC). Three stages, each in its own resumable folder (see `prunekit.methods.base`):
+
+1. **sparse** - training with the BN-L1 subgradient ``gamma.grad += s * sign(gamma)`` and the official code's
+   variable rate (`gcp_variable`): s for the first 40% of training, then 0.01*s for the channels at or above the
+   65th |gamma| percentile.
+2. **prune** - group channel pruning: the channel groups the engine traced are split into *scopes* by feature-map
+   scale and module structure (group tags ``scale`` and ``signature``, plus ``coupling``: ``residual`` for groups
+   produced by several layers, ``single`` otherwise), or by a user's module-name pattern (`overrides`). Each scope
+   has its own |gamma| threshold at its own ratio (`prunekit.allocate.scoped`); scopes without an override share one
+   ratio, searched so the pruned model keeps `keep_macs` of the MACs. ``threshold: global`` is the paper's
+   single-threshold baseline. Before removal the removed channels' constant output act(beta) is folded into the
+   next layer (the code's ``update_activation``).
+3. **finetune** - fine-tuning with the task loss plus spatial attention transfer from the sparse-trained (unpruned)
+   model at the last layer of every feature-map scale.
+
+Fidelity: reconstructed from the official code (`chumingqian/Model_Compression_For_YOLOV3-V4`) for a classifier;
+the code's hand-set YOLOv4 groups and ratios become scopes derived from the traced graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Tuple
+
+from ..allocate.base import module_matches
+from .base import PruneStageConfig, Recipe, RecipeConfig, Stage, StageOutput, prune_with_folding
+from .cifar import FinetuneStageConfig, SparseStageConfig, need
+
+SCOPE_TAG = "gcp_scope"
+TAGS = ("scale", "signature", "coupling")
+
+
+@dataclass
+class GCPPruneConfig(PruneStageConfig):
+    """Stage 2 of GCP.
+
+    Attributes:
+        threshold: ``group`` (one threshold per scope) or ``global`` (one |gamma| threshold over every group).
+        scope_by: group tags forming the scopes, from ``scale``, ``signature``, ``coupling``.
+        overrides: ``{module-name pattern: removal ratio}``; a group whose own layer matches a pattern forms that
+            pattern's scope with this fixed ratio (first match wins); the other scopes share the searched ratio.
+        relative: read `overrides` as multipliers of the searched ratio instead of fixed ratios.
+    """
+
+    threshold: str = "group"
+    scope_by: Tuple[str, ...] = ("scale", "signature", "coupling")
+    overrides: Dict[str, float] = field(default_factory=dict)
+    relative: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        s = self.SECTION
+        self.scope_by = tuple(self.scope_by)
+        need(self.threshold in ("group", "global"), s, f"threshold must be 'group' or 'global', got {self.threshold!r}")
+        need(bool(self.scope_by) and all(t in TAGS for t in self.scope_by), s,
+             f"scope_by must be a non-empty subset of {list(TAGS)}, got {list(self.scope_by)}")
+        limit = float("inf") if self.relative else 1.0
+        for pattern, ratio in self.overrides.items():
+            need(0.0 <= float(ratio) < limit, s, f"overrides['{pattern}'] must lie in [0, {limit}), got {ratio}")
+
+
+@dataclass
+class GCPConfig(RecipeConfig):
+    """The GCP recipe: task plus three stages (see the module docstring)."""
+
+    VERSION: ClassVar[int] = 1
+
+    out_dir: str = "runs/gcp"
+    stage1: SparseStageConfig = field(default_factory=SparseStageConfig)
+    stage2: GCPPruneConfig = field(default_factory=GCPPruneConfig)
+    stage3: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
+
+
+def assign_scopes(groups, scope_by: Tuple[str, ...], overrides: Dict[str, float]) -> Dict[str, List[str]]:
+    """Write each group's scope key into ``group.tags["gcp_scope"]``; returns scope -> group ids.
+
+    The key is the first override pattern matching a layer whose own channels the group removes, else the tag
+    values joined by ``"|"`` (``"2|Conv2d:k(3, 3):s(1, 1):gFalse|single"``). ``coupling`` is derived here:
+    ``residual`` when several layers produce the group's channels (a residual stream), else ``single``.
+    """
+    scopes: Dict[str, List[str]] = {}
+    for g in groups:
+        producers = {m.module for m in g.members if m.role == "out"}
+        g.tags["coupling"] = "residual" if len(producers) > 1 else "single"
+        key = next((p for p in overrides if module_matches(g, [p])), None)
+        if key is None:
+            key = "|".join(str(g.tags.get(t, "?")) for t in scope_by)
+        g.tags[SCOPE_TAG] = key
+        if g.prunable:
+            scopes.setdefault(key, []).append(g.id)
+    return scopes
+
+
+class GCPRecipe(Recipe):
+    """Paper 1 (GCP): dynamic sparse training, group channel pruning with bias folding, spatial attention
+    distillation. Config: `GCPConfig`."""
+
+    name = "gcp"
+    Config = GCPConfig
+    fidelity = "reconstructed (official code's rules; groups derived from the graph)"
+
+    def stages(self) -> List[Stage]:
+        from .cifar import finetune_stage, sparse_train_stage
+
+        return [Stage("sparse", ("stage1",), lambda ctx: sparse_train_stage(ctx, self.config.stage1)),
+                Stage("prune", ("stage2",), self._prune),
+                Stage("finetune", ("stage3",), lambda ctx: finetune_stage(ctx, self.config.stage3))]
+
+    def _prune(self, ctx) -> StageOutput:
+        import prunekit
+
+        cfg = self.config.stage2
+        model = ctx.model("sparse")
+        inputs = ctx.task.example_inputs()
+        analysis = prunekit.analyze(model, inputs)
+        criterion_options = {"reduction": "mean"}  # a residual group's score: mean |gamma| over its BatchNorms
+        info = {"threshold": cfg.threshold}
+        if cfg.threshold == "group":
+            scopes = assign_scopes(analysis.groups, cfg.scope_by, cfg.overrides)
+            allocator, options = "scoped", {"by": (SCOPE_TAG,), "ratios": dict(cfg.overrides), "normalizer": "none",
+                                            "relative": cfg.relative}
+            info["scopes"] = {k: len(v) for k, v in scopes.items()}
+        else:
+            allocator, options = "global", {"normalizer": "none"}
+        pruned, plan, facts = prune_with_folding(model, inputs, analysis, cfg, "bn_scale", allocator,
+                                                 criterion_options, options, {"registry": self.config.task.model})
+        info.update(facts, accuracy=ctx.task.accuracy(pruned), **ctx.task.cost(pruned))
+        return StageOutput(pruned, plan=plan, info=info)

@@ -1,0 +1,128 @@
+"""CSKV press: exactness at full rank, SVD optimality, quantisation, training and save/load."""
+import pytest
+import torch
+
+from prunekit.errors import CheckpointError, ConfigError
+from prunekit.kvcache import cskv_train
+from prunekit.kvcache.cskv import CSKVFactors, CSKVPress, LatentLayer, svd_factors, window_length
+from prunekit.kvcache.hf_compat import new_cache
+from prunekit.kvcache.quant import cat_tokens, fake_quantize, quantize
+
+from .test_think import ARCHS, continuation_logits, padded_batch, tiny_model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("left", [True, False])
+def test_full_rank_matches_uncompressed(arch, left):
+    model = tiny_model(arch)
+    ids, mask = padded_batch(length=60, left=left)
+    _, ref, _ = continuation_logits(model, None, ids, mask, 44)
+    press = CSKVPress(k_density=1.0, v_density=1.0, window=4)
+    _, out, cache = continuation_logits(model, press, ids, mask, 44)
+    layer = cache.layers[0]
+    assert isinstance(layer, LatentLayer) and layer.n_latent > 0
+    valid = mask[:, 44:].bool()
+    torch.testing.assert_close(out[valid], ref[valid], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_rank_generate_is_identical(arch):
+    model = tiny_model(arch)
+    ids, mask = padded_batch(length=40)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        with CSKVPress(k_density=1.0, v_density=1.0, window=4)(model):
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(ref, out)
+
+
+def test_window_flushes_whole_blocks():
+    assert [window_length(t, 8) for t in (5, 15, 16, 17, 24, 70)] == [5, 15, 8, 9, 8, 14]
+    assert window_length(33, 0) == 0
+    model = tiny_model("llama")
+    ids = torch.randint(1, 256, (1, 70))
+    cache = new_cache(model)
+    with torch.no_grad(), CSKVPress(k_density=0.5, v_density=0.5, window=8)(model):
+        model(ids[:, :50], past_key_values=cache)
+        assert cache.layers[0].n_latent == 40 and cache.layers[0].store["k_win"].shape[2] == 10
+        for step in range(6):  # 10 + 6 = 16 window tokens -> one block of 8 is flushed
+            model(ids[:, 50 + step:51 + step], past_key_values=cache)
+    assert cache.layers[0].n_latent == 48 and cache.layers[0].store["k_win"].shape[2] == 8
+    assert cache.layers[0].store["pos_offset"] is not None  # contiguous positions: no per-token position storage
+
+
+def test_svd_factors_are_optimal_low_rank():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 40, generator=gen, dtype=torch.float64)
+    down, up = svd_factors(weight, 24)
+    torch.testing.assert_close(up @ down, weight)
+    down, up = svd_factors(weight, 6)
+    tail = torch.linalg.svdvals(weight)[6:].pow(2).sum()
+    torch.testing.assert_close((weight - up @ down).pow(2).sum(), tail)
+    scale = torch.rand(40, generator=gen, dtype=torch.float64) + 0.5  # ASVD: optimal for the scaled weight
+    down, up = svd_factors(weight, 6, scale)
+    scaled_tail = torch.linalg.svdvals(weight * scale).pow(2)[6:].sum()
+    torch.testing.assert_close(((weight - up @ down) * scale).pow(2).sum(), scaled_tail)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_group_quantisation_error_and_packed_storage(bits, axis):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 38, generator=gen)
+    q = quantize(x, bits, 32 if axis == -2 else 16, axis=axis)
+    assert q.codes.dtype == torch.uint8
+    assert q.codes.shape == (2, 64, 38 if bits == 8 else 19)  # 4 bits: two codes per byte
+    groups = (2, 2, 38) if axis == -2 else (2, 64, 3)
+    assert q.scale.shape == groups and q.scale.dtype == torch.float16
+    deq = q.dequantize()
+    step = (x.max() - x.min()) / ((1 << bits) - 1)
+    assert (deq - x).abs().max() <= step / 2 + 1e-2
+    both = cat_tokens(q, quantize(x[:, :32] * 2, bits, q.group_size, axis=axis))
+    torch.testing.assert_close(both.dequantize()[:, :64], deq)
+    fq = fake_quantize(x.clone().requires_grad_(True), bits, q.group_size, axis)
+    torch.testing.assert_close(fq.detach(), deq, atol=1e-3, rtol=0)
+
+
+def test_quantised_latents_stay_close_to_float_latents():
+    model = tiny_model("llama")
+    ids = torch.randint(1, 256, (1, 80), generator=torch.Generator().manual_seed(2))
+    _, ref, _ = continuation_logits(model, CSKVPress(k_density=0.5, v_density=0.5, window=8), ids,
+                                    torch.ones_like(ids), 64)
+    errors = []
+    for bits in (8, 4):
+        _, out, _ = continuation_logits(model, CSKVPress(k_density=0.5, v_density=0.5, window=8, bits=bits), ids,
+                                        torch.ones_like(ids), 64)
+        errors.append(float((out - ref).abs().max()))
+    assert errors[0] < 0.02 and errors[0] < errors[1] < 0.3
+
+
+def test_training_reduces_error_and_saved_factors_reload(tmp_path):
+    model = tiny_model("llama")
+    calib = torch.randint(1, 256, (4, 64), generator=torch.Generator().manual_seed(4))
+    cfg = cskv_train.TrainConfig(steps=60, lr=3e-3, batch_tokens=128)
+    factors = cskv_train.train(model, calib, 0.25, 0.25, cfg, progress=False)
+    for row in factors.metadata["layers"]:
+        assert row["k_after"] < row["k_before"] and row["v_after"] < row["v_before"]
+    cskv_train.save(factors, tmp_path / "f")
+    loaded = cskv_train.load(tmp_path / "f")
+    assert loaded.metadata["k_density"] == 0.25 and len(loaded.layers) == 2
+    ids = torch.randint(1, 256, (1, 50))
+    a = continuation_logits(model, CSKVPress(k_density=0.25, v_density=0.25, window=4, factors=factors), ids,
+                            torch.ones_like(ids), 40)[1]
+    b = continuation_logits(model, CSKVPress(k_density=0.25, v_density=0.25, window=4,
+                                             factors=str(tmp_path / "f")), ids, torch.ones_like(ids), 40)[1]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ConfigError, match="ranks"):
+        with CSKVPress(k_density=0.5, v_density=0.25, factors=loaded)(model):
+            pass
+    with pytest.raises(CheckpointError, match="cskv.json"):
+        cskv_train.load(tmp_path / "missing")
+
+
+def test_factors_from_weights_reconstruct_projection_at_full_rank():
+    model = tiny_model("qwen2")  # k/v projections with bias
+    factors = CSKVFactors.from_weights(model, 32, 32)
+    attn = model.model.layers[1].self_attn
+    torch.testing.assert_close(factors.layers[1]["k_up"] @ factors.layers[1]["k_down"], attn.k_proj.weight,
+                               atol=1e-5, rtol=1e-4)

