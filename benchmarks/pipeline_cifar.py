@@ -102,12 +102,14 @@ def finish(task, model, info: Dict[str, Any]) -> Dict[str, Any]:
 def run_l1_arm(s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """(a): L1-norm filters, the same ratio in every group (MACs-searched), then fine-tuning for every epoch."""
     import prunekit
+    from prunekit.methods.base import plan_to_budget
     from prunekit.methods.cifar import ClassificationTask, TaskConfig, TrainStageConfig
 
     task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
     model, x = task.build(), task.example_inputs()
-    plan = prunekit.plan(model, x, criterion="l1", allocator="uniform", max_ratio=s["max_ratio"],
-                         budget=prunekit.Budget(target="macs", keep_fraction=s["keep_macs"]))
+    plan = plan_to_budget(model, x, prunekit.analyze(model, x), "l1", "uniform",
+                          prunekit.Budget(target="macs", keep_fraction=s["keep_macs"]),
+                          allocator_options={"max_ratio": s["max_ratio"]})
     pruned = prunekit.apply(model, plan, x)
     pruned_acc = task.accuracy(pruned)
     epochs = s["stage1_epochs"] + s["stage3_epochs"]
@@ -137,17 +139,17 @@ def tp_pruner(model, x, ratio: float, s: Dict[str, Any]):
 
 
 def tp_prune_to_macs(model, x, s: Dict[str, Any], base_macs: int, task):
-    """Bisect GroupNormPruner's global ratio until the pruned copy keeps `keep_macs` of the MACs (within 1%)."""
+    """Bisect GroupNormPruner's global ratio until the pruned copy keeps `keep_macs` of the MACs (within 0.5%)."""
     goal = s["keep_macs"] * base_macs
     lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
+    for _ in range(16):
         mid = 0.5 * (lo + hi)
         trial = copy.deepcopy(model)
         tp_pruner(trial, x, mid, s).step()
         macs = task.cost(trial)["macs"]
         if best is None or abs(macs - goal) < abs(best[1] - goal):
             best = (trial, macs, mid)
-        if abs(macs - goal) <= 0.01 * goal:
+        if abs(macs - goal) <= 0.005 * goal:
             break
         lo, hi = (mid, hi) if macs > goal else (lo, mid)
     return best

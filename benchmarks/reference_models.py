@@ -155,6 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="write results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="2,000 JPEG test images instead of 10,000")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--markdown", default=None, help="also write the table as markdown (e.g. docs/results_reference.md)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     argv_used = sys.argv[1:] if argv is None else argv
@@ -177,6 +178,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from prunekit.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=2))
+    if args.markdown:
+        from prunekit.io import atomic_write_text
+
+        lines = [f"`{report['command']}` ({report['seconds']} s)", "", "| target | value | op | target value | met |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {t['name']} | {t['value']:.6g} | {t['op']} | {t['target']:.6g} | {'yes' if t['passed'] else 'NO'} |"
+                  for t in rec.targets]
+        atomic_write_text(args.markdown, "\n".join(lines) + "\n")
     print(f"{sum(t['passed'] for t in rec.targets)}/{len(rec.targets)} targets met, {len(rec.missing)} missing, "
           f"{report['seconds']} s")
     return 0 if report["all_passed"] else 1

@@ -8,8 +8,9 @@ not see each other's errors), minimise::
 
 The paper writes the key term after RoPE; RoPE rotates each (2i, 2i+1) pair of a key by an angle that depends only on
 its position, so it preserves squared errors and the two losses are equal. Factors start from ASVD (``init="asvd"``:
-SVD of ``W diag(mean|x|^alpha)``) or a plain SVD, and are trained with Adam on random token batches; with
-``bits < 16`` the latents are fake-quantised (straight-through) as the cache will store them.
+SVD of ``W diag(mean|x|^alpha)``) or a plain SVD, and are trained with Adam. Because the loss is quadratic in ``x``,
+each float step uses the exact loss over all calibration tokens through ``E[x x^T]``; with ``bits < 16`` the latents
+are fake-quantised (straight-through) as the cache will store them, on random batches of recorded inputs.
 
 `save` writes ``factors.safetensors`` plus ``cskv.json`` into a folder; `load` reads them back without retraining.
 """
@@ -37,13 +38,13 @@ class TrainConfig:
 
     Attributes:
         steps: Adam steps per layer (0: initialisation only). lr: learning rate.
-        batch_tokens: calibration tokens per step. init: ``"asvd"`` or ``"svd"``. alpha: ASVD exponent.
+        batch_tokens: tokens per step of quantisation-aware training. init: ``"asvd"`` or ``"svd"``. alpha: ASVD exponent.
         bits: 16, or 8 / 4 for quantisation-aware training. window / group_size: the quantisation layout of the press.
         seed: sampling seed.
     """
 
     steps: int = 300
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_tokens: int = 1024
     init: str = "asvd"
     alpha: float = 0.5
@@ -60,23 +61,33 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def collect_attention_inputs(model: torch.nn.Module, ids: torch.Tensor, progress=None) -> List[torch.Tensor]:
-    """Record every layer's attention input on calibration text.
+def collect_attention_inputs(model: torch.nn.Module, ids: torch.Tensor, progress=None,
+                             keep_inputs: bool = False) -> List[Dict[str, torch.Tensor]]:
+    """Record every layer's attention-input statistics on calibration text.
 
     Args:
         model: the frozen causal LM. ids: ``[N, T]`` calibration token ids (one sequence per forward).
-        progress: optional ``rich.progress.Progress`` to report on.
+        progress: optional progress object with ``add_task`` / ``advance``.
+        keep_inputs: also keep the raw inputs (needed for quantisation-aware training).
 
     Returns:
-        One ``[N, T, d]`` tensor per layer.
+        One dict per layer: ``second [d, d]`` (float64 ``E[x x^T]``), ``absmean [d]`` (``E|x|``) and, with
+        `keep_inputs`, ``inputs [N, T, d]``.
     """
     modules = hf_compat.attention_modules(model)
-    records: List[List[torch.Tensor]] = [[] for _ in modules]
+    stats: List[Dict[str, torch.Tensor]] = [{"second": 0.0, "absmean": 0.0, "inputs": []} for _ in modules]
     handles = []
+
+    def record(index, x):
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        stats[index]["second"] = stats[index]["second"] + flat.T @ flat
+        stats[index]["absmean"] = stats[index]["absmean"] + flat.abs().sum(0)
+        if keep_inputs:
+            stats[index]["inputs"].append(x.detach().clone())
+
     for index, module in enumerate(modules):
         _, k_proj, _, _ = hf_compat.projections(module)
-        handles.append(k_proj.register_forward_pre_hook(
-            lambda mod, args, index=index: records[index].append(args[0].detach().clone())))
+        handles.append(k_proj.register_forward_pre_hook(lambda mod, args, index=index: record(index, args[0])))
     task = progress.add_task("CSKV calibration forwards", total=ids.shape[0]) if progress else None
     try:
         for row in range(ids.shape[0]):
@@ -86,7 +97,14 @@ def collect_attention_inputs(model: torch.nn.Module, ids: torch.Tensor, progress
     finally:
         for handle in handles:
             handle.remove()
-    return [torch.cat(parts, dim=0) for parts in records]
+    count = float(ids.numel())
+    out = []
+    for entry in stats:
+        item = {"second": entry["second"] / count, "absmean": (entry["absmean"] / count).float()}
+        if keep_inputs:
+            item["inputs"] = torch.cat(entry["inputs"], dim=0)
+        out.append(item)
+    return out
 
 
 def _sample(x: torch.Tensor, tokens: int, block: int, gen: torch.Generator) -> torch.Tensor:
@@ -102,56 +120,88 @@ def _sample(x: torch.Tensor, tokens: int, block: int, gen: torch.Generator) -> t
 
 def _reconstruct(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, kind: str, cfg: TrainConfig) -> torch.Tensor:
     latent = x @ down.T
-    if cfg.bits < 16:
-        if kind == "k":
-            latent = fake_quantize(latent, cfg.bits, cfg.window, axis=-2)
-        else:
-            latent = fake_quantize(latent, cfg.bits, cfg.group_size, axis=-1)
+    if kind == "k":
+        latent = fake_quantize(latent, cfg.bits, cfg.window, axis=-2)
+    else:
+        latent = fake_quantize(latent, cfg.bits, cfg.group_size, axis=-1)
     return latent @ up.T
 
 
-def relative_errors(x: torch.Tensor, k_weight: torch.Tensor, v_weight: torch.Tensor, layer: Dict[str, torch.Tensor],
-                    cfg: TrainConfig) -> Dict[str, float]:
-    """``||W x - up down x||^2 / ||W x||^2`` for keys and values on ``x [N, T, d]``."""
+def _moment_mse(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Exact ``mean_x mean_out (W x - up down x)^2`` from the second moment ``E[x x^T]``."""
+    err = weight - up @ down
+    return ((err @ second) * err).sum() / weight.shape[0]
+
+
+def _moment_root(second: torch.Tensor) -> torch.Tensor:
+    """``R [d, d]`` with ``R R^T = E[x x^T]`` (symmetric square root), so the MSE is ``||(W - up down) R||^2 / out``."""
+    values, vectors = torch.linalg.eigh(second.double())
+    return (vectors * values.clamp_min(0).sqrt()[None, :]).float()
+
+
+def relative_errors(stats: Dict[str, torch.Tensor], k_weight: torch.Tensor, v_weight: torch.Tensor,
+                    layer: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """``E||W x - up down x||^2 / E||W x||^2`` for keys and values (float latents), from the layer's statistics."""
+    second = stats["second"]
     out = {}
-    with torch.no_grad():
-        block = cfg.window if cfg.bits < 16 else x.shape[1]
-        xb = x[:, : (x.shape[1] // block) * block].reshape(-1, block, x.shape[-1])
-        for kind, weight in (("k", k_weight), ("v", v_weight)):
-            target = xb @ weight.T
-            approx = _reconstruct(xb, layer[f"{kind}_down"], layer[f"{kind}_up"], kind, cfg)
-            out[kind] = float((target - approx).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12))
+    for kind, weight in (("k", k_weight), ("v", v_weight)):
+        w = weight.detach().double()
+        err = _moment_mse(w, layer[f"{kind}_down"].double(), layer[f"{kind}_up"].double(), second)
+        ref = ((w @ second) * w).sum() / w.shape[0]
+        out[kind] = float((err / ref.clamp_min(1e-30)).detach())
     return out
 
 
-def train_layer(x: torch.Tensor, k_weight: torch.Tensor, v_weight: torch.Tensor, layer: Dict[str, torch.Tensor],
-                cfg: TrainConfig, gen: torch.Generator, on_step=None) -> Dict[str, torch.Tensor]:
+def train_layer(stats: Dict[str, torch.Tensor], k_weight: torch.Tensor, v_weight: torch.Tensor,
+                layer: Dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator,
+                on_step=None) -> Dict[str, torch.Tensor]:
     """Adam on one layer's four factors, minimising the summed K and V reconstruction MSE.
 
+    With float latents (``bits == 16``) every step uses the exact loss over *all* calibration tokens, computed from
+    the second moment ``E[x x^T]`` (the MSE is quadratic in ``x``); with quantised latents the fake quantisation is
+    not, so steps use random batches of `batch_tokens` recorded inputs.
+
     Args:
-        x: ``[N, T, d]`` attention inputs. k_weight / v_weight: ``[H_kv*D, d]``. layer: initial factors.
-        cfg: settings. gen: sampling generator. on_step: optional ``fn(step, loss)``.
+        stats: the layer's entry from `collect_attention_inputs`. k_weight / v_weight: ``[H_kv*D, d]``.
+        layer: initial factors. cfg: settings. gen: sampling generator. on_step: optional ``fn(step, loss)``.
 
     Returns:
-        The trained factors (new tensors).
+        The trained factors (new tensors, original dtype).
     """
     params = {name: tensor.detach().float().clone().requires_grad_(True) for name, tensor in layer.items()}
     weights = {"k": k_weight.detach().float(), "v": v_weight.detach().float()}
+    root = _moment_root(stats["second"])
+    targets = {kind: weights[kind] @ root for kind in weights}
     optimizer = torch.optim.Adam(params.values(), lr=cfg.lr)
-    block = cfg.window if cfg.bits < 16 else min(32, x.shape[1])
     for step in range(cfg.steps):
-        batch = _sample(x, cfg.batch_tokens, block, gen).float()
         loss = 0.0
-        for kind in ("k", "v"):
-            target = batch @ weights[kind].T
-            approx = _reconstruct(batch, params[f"{kind}_down"], params[f"{kind}_up"], kind, cfg)
-            loss = loss + torch.nn.functional.mse_loss(approx, target)
+        if cfg.bits >= 16:
+            for kind in ("k", "v"):
+                approx = params[f"{kind}_up"] @ (params[f"{kind}_down"] @ root)
+                loss = loss + (targets[kind] - approx).pow(2).sum() / targets[kind].shape[0]
+        else:
+            batch = _sample(stats["inputs"], cfg.batch_tokens, cfg.window, gen).float()
+            for kind in ("k", "v"):
+                approx = _reconstruct(batch, params[f"{kind}_down"], params[f"{kind}_up"], kind, cfg)
+                loss = loss + torch.nn.functional.mse_loss(approx, batch @ weights[kind].T)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if on_step is not None:
             on_step(step, float(loss.detach()))
     return {name: tensor.detach().to(layer[name].dtype).contiguous() for name, tensor in params.items()}
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not enabled)
+
+
+def _ranks(model: torch.nn.Module, k_density: float, v_density: float):
+    _, kv_heads, head_dim = hf_compat.head_layout(hf_compat.attention_modules(model)[0])
+    return rank_for(k_density, kv_heads * head_dim), rank_for(v_density, kv_heads * head_dim)
 
 
 def train(model: torch.nn.Module, calib_ids: torch.Tensor, k_density: float, v_density: float,
@@ -164,40 +214,54 @@ def train(model: torch.nn.Module, calib_ids: torch.Tensor, k_density: float, v_d
         cfg: training settings. progress: show a rich progress bar.
 
     Returns:
-        The factors, with per-layer relative errors before and after training in ``metadata["layers"]``.
+        The factors, with per-layer relative errors (float latents) before and after training in
+        ``metadata["layers"]``.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     cfg = cfg or TrainConfig()
-    modules = hf_compat.attention_modules(model)
-    _, kv_heads, head_dim = hf_compat.head_layout(modules[0])
-    k_rank, v_rank = rank_for(k_density, kv_heads * head_dim), rank_for(v_density, kv_heads * head_dim)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        inputs = collect_attention_inputs(model, calib_ids, _InfoProgress(bar))
-        scales = [x.abs().mean(dim=(0, 1)) for x in inputs] if cfg.init == "asvd" else None
-        factors = CSKVFactors.from_weights(model, k_rank, v_rank, scales, cfg.alpha)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        task = bar.add_task("CSKV layer-wise training", total=len(modules) * max(cfg.steps, 1), info="")
-        report = []
-        for index, module in enumerate(modules):
-            _, k_proj, v_proj, _ = hf_compat.projections(module)
-            before = relative_errors(inputs[index], k_proj.weight, v_proj.weight, factors.layers[index], cfg)
-
-            def on_step(step, loss, index=index):
-                bar.update(task, advance=1, info=f"layer {index} loss {loss:.4g}")
-
-            if cfg.steps:
-                factors.layers[index] = train_layer(inputs[index], k_proj.weight, v_proj.weight,
-                                                    factors.layers[index], cfg, gen, on_step)
-            else:
-                bar.advance(task)
-            after = relative_errors(inputs[index], k_proj.weight, v_proj.weight, factors.layers[index], cfg)
-            report.append({"layer": index, "k_before": before["k"], "v_before": before["v"],
-                           "k_after": after["k"], "v_after": after["v"]})
+    with _progress(progress) as bar:
+        stats = collect_attention_inputs(model, calib_ids, _InfoProgress(bar), keep_inputs=cfg.bits < 16)
+        factors = _fit(model, stats, *_ranks(model, k_density, v_density), cfg, bar)
     factors.metadata.update({"k_density": k_density, "v_density": v_density, "train": asdict(cfg),
-                             "calib_tokens": int(calib_ids.numel()), "layers": report})
+                             "calib_tokens": int(calib_ids.numel())})
+    return factors
+
+
+def fit(model: torch.nn.Module, stats: List[Dict[str, torch.Tensor]], k_density: float, v_density: float,
+        cfg: Optional[TrainConfig] = None, progress: bool = True) -> CSKVFactors:
+    """`train` from statistics already collected by `collect_attention_inputs` (several densities, one pass)."""
+    cfg = cfg or TrainConfig()
+    if cfg.bits < 16 and "inputs" not in stats[0]:
+        raise ConfigError("cskv_train.fit: quantisation-aware training needs stats collected with keep_inputs=True")
+    with _progress(progress) as bar:
+        factors = _fit(model, stats, *_ranks(model, k_density, v_density), cfg, bar)
+    factors.metadata.update({"k_density": k_density, "v_density": v_density, "train": asdict(cfg)})
+    return factors
+
+
+def _fit(model, stats, k_rank: int, v_rank: int, cfg: TrainConfig, bar) -> CSKVFactors:
+    """Initialise and train every layer, recording relative errors before and after."""
+    modules = hf_compat.attention_modules(model)
+    scales = [entry["absmean"] for entry in stats] if cfg.init == "asvd" else None
+    factors = CSKVFactors.from_weights(model, k_rank, v_rank, scales, cfg.alpha)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    task = bar.add_task("CSKV layer-wise training", total=len(modules) * max(cfg.steps, 1), info="")
+    report = []
+    for index, module in enumerate(modules):
+        _, k_proj, v_proj, _ = hf_compat.projections(module)
+        before = relative_errors(stats[index], k_proj.weight, v_proj.weight, factors.layers[index])
+
+        def on_step(step, loss, index=index):
+            bar.update(task, advance=1, info=f"layer {index} loss {loss:.4g}")
+
+        if cfg.steps:
+            factors.layers[index] = train_layer(stats[index], k_proj.weight, v_proj.weight, factors.layers[index],
+                                                cfg, gen, on_step)
+        else:
+            bar.advance(task)
+        after = relative_errors(stats[index], k_proj.weight, v_proj.weight, factors.layers[index])
+        report.append({"layer": index, "k_before": before["k"], "v_before": before["v"],
+                       "k_after": after["k"], "v_after": after["v"]})
+    factors.metadata["layers"] = report
     return factors
 
 

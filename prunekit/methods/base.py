@@ -358,6 +358,49 @@ def zero_bn_scales(model: nn.Module, groups, removed: Dict[str, torch.Tensor]) -
     return count
 
 
+def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: str, allocator: str, budget,
+                   criterion_options: Optional[Dict] = None, allocator_options: Optional[Dict] = None,
+                   model_spec: Optional[Dict] = None, tol: float = 0.005):
+    """`prunekit.plan` for data-free criteria, with a tighter budget tolerance (default 0.5% instead of 2%), so
+    arms compared "at equal MACs" land within 1% of each other.
+
+    Uses the engine's own steps (eligibility, criterion, allocator, MACs cost, budget search, selection).
+
+    Returns:
+        a `PruningPlan`.
+    """
+    import prunekit
+    from ..allocate import ALLOCATORS
+    from ..allocate.budget import allocate_budget
+    from ..allocate.select import select
+    from ..api import _eligible, _macs_cost
+    from ..importance.base import create
+    from ..prune.plan import PruningPlan, describe_inputs, model_fingerprint
+
+    if budget.target is None:
+        return prunekit.plan(model, inputs, criterion=criterion, allocator=allocator, budget=budget,
+                             criterion_options=criterion_options, allocator_options=allocator_options,
+                             analysis=analysis, model_spec=model_spec)
+    groups = _eligible(analysis.groups, False)
+    crit = create(criterion, None, **(criterion_options or {}))
+    if crit.requires:
+        raise ConfigError(f"plan_to_budget: criterion '{criterion}' needs {sorted(crit.requires)}; only data-free "
+                          f"criteria (bn_scale, l1, l2...) are supported here")
+    scores = crit.score(model, [g for g in groups if g.prunable], None)
+    policy = ALLOCATORS.get(allocator)(None, **(allocator_options or {}))
+    cost = _macs_cost(model, groups, scores, inputs, None) if budget.target == "macs" else None
+    result = allocate_budget(policy, groups, scores, budget, cost=cost, model=model, tol=tol, max_evaluations=80)
+    removed = select(groups, scores, result.allocation)
+    return PruningPlan(
+        model_fingerprint=model_fingerprint(model),
+        removed={k: [int(i) for i in v.tolist()] for k, v in removed.items()},
+        group_sizes={g.id: g.size for g in analysis.groups}, inputs=describe_inputs(inputs),
+        model_spec=dict(model_spec or {}),
+        provenance=PruningPlan.provenance_now(criterion=criterion, allocator=allocator, ratio=result.ratio,
+                                              budget=budget.target, cost=result.cost, target_cost=result.target_cost,
+                                              base_cost=result.base_cost, tolerance=tol))
+
+
 def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: PruneStageConfig, criterion: str,
                        allocator: str, criterion_options: Optional[Dict] = None,
                        allocator_options: Optional[Dict] = None, model_spec: Optional[Dict] = None):
@@ -378,9 +421,8 @@ def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: Pr
     from ..compensate.bias_fold import fold_removed_channels
 
     options = {**cfg.constraints(), **(allocator_options or {})}
-    plan = prunekit.plan(model, inputs, criterion=criterion, allocator=allocator, budget=cfg.budget(),
-                         criterion_options=criterion_options, allocator_options=options, analysis=analysis,
-                         model_spec=model_spec)
+    plan = plan_to_budget(model, inputs, analysis, criterion, allocator, cfg.budget(), criterion_options, options,
+                          model_spec)
     work = copy.deepcopy(model).eval()
     removed = plan.removed_tensors()
     info: Dict[str, Any] = {"removed_channels": int(sum(len(v) for v in removed.values())),

