@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 OPS = (">=", "<=")
+THREADS_HELP = ("torch (and onnxruntime) intra-op threads; default 1: on a shared 2-core machine two OpenMP threads "
+                "that lose their core to another process make a small matmul 100x slower")
 
 
 def target(name: str, value: Optional[float], op: str, goal: float) -> Dict[str, Any]:

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+from _common import (THREADS_HELP, print_table, print_targets, report, target, update_doc_section,  # noqa: E402
+                     write_json)
 
 EFFICIENCY_GOAL = 0.8
 DOC = Path(__file__).resolve().parent.parent / "docs" / "results_engine.md"
@@ -58,7 +59,8 @@ def prune_half_macs(model: torch.nn.Module, inputs: torch.Tensor) -> Tuple[torch
                     "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / macs1}
 
 
-def interleaved(calls: Dict[str, Callable[[], Any]], warmup: int, rounds: int, per_round: int) -> Dict[str, List[float]]:
+def interleaved(calls: Dict[str, Callable[[], Any]], warmup: int, rounds: int,
+                per_round: int) -> Dict[str, List[float]]:
     """Milliseconds per call of each callable, measured in alternating rounds of `per_round` calls after a warm-up."""
     for call in calls.values():
         for _ in range(warmup):
@@ -136,17 +138,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="write results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="YOLO at 320 and fewer repeats")
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--rounds", type=int, default=0, help="alternating timing rounds (default 6, 10 in full runs)")
     parser.add_argument("--models", default="", help="comma-separated subset: cifar_resnet56_b, yolo")
     parser.add_argument("--docs", default=None, help="markdown file whose engine_latency section is rewritten "
                                                      "(default docs/results_engine.md on a full run)")
     args = parser.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else list(argv)
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401 - its logger prints whole graphs during ONNX export
+
+    for name in ("torch", "torch.fx.experimental.symbolic_shapes", "torch.onnx", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     rounds, per_round = (6, 3) if args.quick else (10, 5)
+    rounds = args.rounds or rounds
     start = time.perf_counter()
     rows: List[Dict[str, Any]] = []
     targets: List[Dict[str, Any]] = []

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+from _common import (THREADS_HELP, print_table, print_targets, report, target, update_doc_section,  # noqa: E402
+                     write_json)
 
 TOLERANCE = 1e-4
 TP_TIME_LIMIT_S = 120.0
@@ -92,7 +93,10 @@ class RMSNormCase(nn.Module):
 
 
 class MaskCase(nn.Module):
-    """A [B, C, H, W] feature map times a [B, 1, H, W] mask from a 1-channel conv + sigmoid. [B, 3, 32, 32] -> [B, 10]."""
+    """A [B, C, H, W] feature map times a [B, 1, H, W] mask from a 1-channel conv + sigmoid.
+
+    Shapes: [B, 3, 32, 32] -> [B, 10].
+    """
 
     def __init__(self, c: int = 32):
         super().__init__()
@@ -580,7 +584,8 @@ def summarise(rows: List[Dict[str, Any]]) -> Tuple[Dict[str, Dict[str, int]], Li
         pk, other = pair.get("prunekit"), pair.get("torch-pruning", {})
         if pk is None or pk["status"] == "missing":
             continue
-        if pk["status"] in ("crashed", "timed out") or (pk["status"] in ("refused", "not pruned") and other.get("status") in GOOD):
+        gave_up = pk["status"] in ("refused", "not pruned") and other.get("status") in GOOD
+        if pk["status"] in ("crashed", "timed out") or gave_up:
             failures += 1
     wrong = counts.get("prunekit", {}).get("SILENTLY WRONG", 0)
     targets = [target("prunekit_silently_wrong", wrong, "<=", 0),
@@ -645,11 +650,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="write results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="skip the real-weights SmolLM2-135M")
     parser.add_argument("--models", default="", help="comma-separated subset of the zoo")
-    parser.add_argument("--docs", default=None, help=f"markdown file whose engine_zoo section is rewritten "
-                                                     f"(default {DOC.relative_to(DOC.parent.parent)} on a full-zoo run)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--docs", default=None, help="markdown file whose engine_zoo section is rewritten "
+                                                     "(default docs/results_engine.md on a full-zoo run)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--tp-limit", type=float, default=None,
-                        help=f"seconds before a Torch-Pruning run is stopped (default {TP_TIME_LIMIT_S:g}, 60 with --quick)")
+                        help=f"seconds before a Torch-Pruning run is stopped (default {TP_TIME_LIMIT_S:g}, "
+                             "60 with --quick)")
     args = parser.parse_args(argv)
     tp_limit = args.tp_limit or (60.0 if args.quick else TP_TIME_LIMIT_S)
     argv_used = sys.argv[1:] if argv is None else list(argv)

@@ -9,6 +9,7 @@ bisected to the same target) and the same total training epochs:
     c_gcp       `prunekit run gcp`: dynamic sparse training, group channel pruning, spatial attention distillation
     d_slim_cwd  `prunekit run slim-cwd`: linear-decay sparse training, global |gamma| pruning, channel-wise distillation
     ablations on c: constant sparse rate; one global threshold; CWD / logit-only / no distillation in stage 3
+    d_global    slim-cwd with the author repo's global |gamma| threshold instead of the paper's uniform ratio
 
     python benchmarks/pipeline_cifar.py --quick --json out.json [--md docs/results_cifar.md]
     python benchmarks/pipeline_cifar.py --json out.json            # full mode (the papers' scale: use a GPU)
@@ -42,12 +43,13 @@ LABELS = {
     "a_l1": "(a) L1 uniform + fine-tune",
     "b_tp_gnorm": "(b) Torch-Pruning GroupNormPruner (sparse) + fine-tune",
     "c_gcp": "(c) gcp: variable BN-L1, group thresholds, attention KD",
-    "d_slim_cwd": "(d) slim-cwd: decaying BN-L1, global threshold, CWD",
+    "d_slim_cwd": "(d) slim-cwd: decaying BN-L1, uniform per-layer |gamma|, CWD",
     "c_const_rate": "ablation c: constant sparse rate",
     "c_global_threshold": "ablation c: one global threshold",
     "c_distill_cwd": "ablation c: channel-wise distillation",
     "c_distill_logit": "ablation c: logit-only distillation",
     "c_distill_none": "ablation c: no distillation",
+    "d_global_threshold": "variant d: one global threshold (author repo)",
 }
 
 
@@ -58,7 +60,7 @@ def task_section(s: Dict[str, Any]) -> Dict[str, Any]:
 
 def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """The recipe config of a gcp / slim-cwd arm (ablations differ from c_gcp in one key)."""
-    recipe = "slim-cwd" if name == "d_slim_cwd" else "gcp"
+    recipe = "slim-cwd" if name.startswith("d_") else "gcp"
     cfg = {"out_dir": str(out / name), "seed": s["seed"], "task": task_section(s),
            "stage1": {"epochs": s["stage1_epochs"], "lr": s["lr"]},
            "stage2": {"keep_macs": s["keep_macs"], "max_ratio": s["max_ratio"]},
@@ -67,6 +69,8 @@ def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
         cfg["stage1"]["schedule"] = "constant"
     elif name == "c_global_threshold":
         cfg["stage2"]["threshold"] = "global"
+    elif name == "d_global_threshold":
+        cfg["stage2"]["allocator"] = "global"
     elif name == "c_distill_cwd":
         cfg["stage3"]["distill"].update(feature_loss="cwd", weight=1.0)
     elif name == "c_distill_logit":
@@ -77,7 +81,8 @@ def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
 
 
 # Ablation arms start from c_gcp's finished stages that their settings share (same fingerprint, so they are reused).
-SHARED = {"c_global_threshold": ["1_sparse"], "c_distill_cwd": ["1_sparse", "2_prune"],
+SHARED = {"c_global_threshold": ["1_sparse"], "d_global_threshold": ["1_sparse"],
+          "c_distill_cwd": ["1_sparse", "2_prune"],
           "c_distill_logit": ["1_sparse", "2_prune"], "c_distill_none": ["1_sparse", "2_prune"]}
 
 
@@ -86,7 +91,7 @@ def run_recipe_arm(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
 
     spec = recipe_config(name, s, out)
     for stage in SHARED.get(name, []):
-        src, dst = out / "c_gcp" / stage, out / name / stage
+        src, dst = out / ("d_slim_cwd" if name.startswith("d_") else "c_gcp") / stage, out / name / stage
         if (src / "done.json").exists() and not dst.exists():
             shutil.copytree(src, dst)
     result = RECIPES.get(spec["recipe"])(spec["config"]).run()

@@ -358,13 +358,14 @@ def zero_bn_scales(model: nn.Module, groups, removed: Dict[str, torch.Tensor]) -
     return count
 
 
-def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: str, allocator: str, budget,
+def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: str, allocator: Any, budget,
                    criterion_options: Optional[Dict] = None, allocator_options: Optional[Dict] = None,
                    model_spec: Optional[Dict] = None, tol: float = 0.005):
     """`prunekit.plan` for data-free criteria, with a tighter budget tolerance (default 0.5% instead of 2%), so
     arms compared "at equal MACs" land within 1% of each other.
 
     Uses the engine's own steps (eligibility, criterion, allocator, MACs cost, budget search, selection).
+    `allocator` is a registry name (built with `allocator_options`) or an `Allocator` instance.
 
     Returns:
         a `PruningPlan`.
@@ -377,7 +378,7 @@ def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: 
     from ..importance.base import create
     from ..prune.plan import PruningPlan, describe_inputs, model_fingerprint
 
-    if budget.target is None:
+    if budget.target is None and isinstance(allocator, str):
         return prunekit.plan(model, inputs, criterion=criterion, allocator=allocator, budget=budget,
                              criterion_options=criterion_options, allocator_options=allocator_options,
                              analysis=analysis, model_spec=model_spec)
@@ -387,8 +388,9 @@ def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: 
         raise ConfigError(f"plan_to_budget: criterion '{criterion}' needs {sorted(crit.requires)}; only data-free "
                           f"criteria (bn_scale, l1, l2...) are supported here")
     scores = crit.score(model, [g for g in groups if g.prunable], None)
-    policy = ALLOCATORS.get(allocator)(None, **(allocator_options or {}))
+    policy = ALLOCATORS.get(allocator)(None, **(allocator_options or {})) if isinstance(allocator, str) else allocator
     cost = _macs_cost(model, groups, scores, inputs, None) if budget.target == "macs" else None
+    name = allocator if isinstance(allocator, str) else type(allocator).__name__
     result = allocate_budget(policy, groups, scores, budget, cost=cost, model=model, tol=tol, max_evaluations=80)
     removed = select(groups, scores, result.allocation)
     return PruningPlan(
@@ -396,13 +398,13 @@ def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: 
         removed={k: [int(i) for i in v.tolist()] for k, v in removed.items()},
         group_sizes={g.id: g.size for g in analysis.groups}, inputs=describe_inputs(inputs),
         model_spec=dict(model_spec or {}),
-        provenance=PruningPlan.provenance_now(criterion=criterion, allocator=allocator, ratio=result.ratio,
-                                              budget=budget.target, cost=result.cost, target_cost=result.target_cost,
+        provenance=PruningPlan.provenance_now(criterion=criterion, allocator=name, ratio=result.ratio,
+                                              budget=budget.target or "ratio", cost=result.cost, target_cost=result.target_cost,
                                               base_cost=result.base_cost, tolerance=tol))
 
 
 def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: PruneStageConfig, criterion: str,
-                       allocator: str, criterion_options: Optional[Dict] = None,
+                       allocator: Any, criterion_options: Optional[Dict] = None,
                        allocator_options: Optional[Dict] = None, model_spec: Optional[Dict] = None):
     """Plan by scaling factor, fold the removed channels' constants (``cfg.fold_bias``), remove them physically.
 
@@ -410,7 +412,8 @@ def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: Pr
         model: the sparse-trained model (not modified).
         inputs: example inputs [B, C, H, W] for tracing, folding and verification.
         analysis: `prunekit.analyze(model, inputs)` (its group tags may carry the recipe's scopes).
-        cfg: budget and constraints. criterion / allocator (+ options): registry names for `prunekit.plan`.
+        cfg: budget and constraints. criterion / allocator (+ options): registry names (or an `Allocator`
+            instance carrying its own constraints).
 
     Returns:
         (pruned model, plan, facts dict).
@@ -420,7 +423,7 @@ def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: Pr
     import prunekit
     from ..compensate.bias_fold import fold_removed_channels
 
-    options = {**cfg.constraints(), **(allocator_options or {})}
+    options = {**cfg.constraints(), **(allocator_options or {})} if isinstance(allocator, str) else None
     plan = plan_to_budget(model, inputs, analysis, criterion, allocator, cfg.budget(), criterion_options, options,
                           model_spec)
     work = copy.deepcopy(model).eval()

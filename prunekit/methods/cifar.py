@@ -195,6 +195,15 @@ class ClassificationTask:
         return StageRun(complete, result.steps, result.epochs, float(result.final_loss), result.seconds,
                         result.resumed_from)
 
+    def calibration_batch(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training images (augmented as in training, drawn under a fixed seed) and labels: [n, C, H, W], [n]."""
+        n = min(n, len(self.train_set))
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed + 12345)
+            index = torch.randperm(len(self.train_set))[:n].tolist()
+            items = [self.train_set[i] for i in index]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
     # ------------------------------------------------------------------------------------------------- metrics
     def accuracy(self, model: nn.Module) -> float:
         """Top-1 accuracy in [0, 1] on the test images."""
@@ -422,3 +431,31 @@ def finetune_stage(ctx, cfg: FinetuneStageConfig, student_stage: str = "prune", 
         return StageOutput(None, info=info, complete=False)
     info["accuracy"] = ctx.task.accuracy(student)
     return StageOutput(student, plan=plan, info=info)
+
+
+@torch.no_grad()
+def adaptive_bn_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 128) -> float:
+    """Cross-entropy of a copy of `model` whose BatchNorm statistics are re-estimated on `images` first.
+
+    Scoring a freshly pruned candidate with its stale statistics mostly measures the statistics shift; re-estimating
+    them (EagleEye's "adaptive BN") makes the score track the accuracy reachable after fine-tuning.
+
+    Args:
+        model: the candidate (not modified). images: [N, C, H, W]; labels: [N].
+    """
+    import copy
+
+    import torch.nn.functional as F
+
+    work = copy.deepcopy(model)
+    for m in work.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    work.train()
+    for i in range(0, len(images), batch):
+        work(images[i:i + batch])
+    work.eval()
+    total = sum(float(F.cross_entropy(work(images[i:i + batch]), labels[i:i + batch], reduction="sum"))
+                for i in range(0, len(images), batch))
+    return total / len(images)

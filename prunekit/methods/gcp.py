@@ -9,24 +9,29 @@ Chu et al., "Group channel pruning and spatial attention distilling for object d
 2. **prune** - group channel pruning: the channel groups the engine traced are split into *scopes* by feature-map
    scale and module structure (group tags ``scale`` and ``signature``, plus ``coupling``: ``residual`` for groups
    produced by several layers, ``single`` otherwise), or by a user's module-name pattern (`overrides`). Each scope
-   has its own |gamma| threshold at its own ratio (`prunekit.allocate.scoped`); scopes without an override share one
-   ratio, searched so the pruned model keeps `keep_macs` of the MACs. ``threshold: global`` is the paper's
-   single-threshold baseline. Before removal the removed channels' constant output act(beta) is folded into the
-   next layer (the code's ``update_activation``).
+   has its own |gamma| threshold at its own ratio (`prunekit.allocate.scoped`). Scopes without an override take
+   the budget ratio (searched so the pruned model keeps `keep_macs` of the MACs) times a per-scope multiplier; the
+   multipliers are found by a small coordinate search scoring each candidate (pruned to the same MACs) by its loss on
+   a few hundred training images after re-estimating BN statistics (``ratio_search: loss``; ``none`` keeps them at
+   1). ``threshold: global`` is the paper's single-threshold baseline. Before removal the removed channels' constant
+   output act(beta) is folded into the next layer (the code's ``update_activation``).
 3. **finetune** - fine-tuning with the task loss plus spatial attention transfer from the sparse-trained (unpruned)
    model at the last layer of every feature-map scale.
 
 Fidelity: reconstructed from the official code (`chumingqian/Model_Compression_For_YOLOV3-V4`) for a classifier;
-the code's hand-set YOLOv4 groups and ratios become scopes derived from the traced graph.
+the code's hand-set YOLOv4 groups and ratios become scopes derived from the traced graph and a searched ratio per
+scope (the search is this library's, not the paper's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Tuple
+from typing import Callable, ClassVar, Dict, List, Tuple
 
 from ..allocate.base import module_matches
+from ..allocate.scoped import Scoped, ScopedConfig
+from ..errors import ConfigError
 from .base import PruneStageConfig, Recipe, RecipeConfig, Stage, StageOutput, prune_with_folding
-from .cifar import FinetuneStageConfig, SparseStageConfig, need
+from .cifar import FinetuneStageConfig, SparseStageConfig, adaptive_bn_loss, need
 
 SCOPE_TAG = "gcp_scope"
 TAGS = ("scale", "signature", "coupling")
@@ -42,12 +47,22 @@ class GCPPruneConfig(PruneStageConfig):
         overrides: ``{module-name pattern: removal ratio}``; a group whose own layer matches a pattern forms that
             pattern's scope with this fixed ratio (first match wins); the other scopes share the searched ratio.
         relative: read `overrides` as multipliers of the searched ratio instead of fixed ratios.
+        ratio_search: how the scopes without an override share the budget. ``none``: one common ratio (the
+            MACs search scales it). ``loss``: per-scope multipliers of that ratio found by coordinate search - each
+            scope's multiplier is tried times every factor in `search_factors`, every candidate is pruned to the
+            same MACs and scored by its cross-entropy on `search_images` training images after re-estimating the
+            BatchNorm statistics, and the best is kept (`search_passes` rounds). Paper 1 sets its per-group ratios
+            by hand; this search is the library's stand-in [derived].
     """
 
     threshold: str = "group"
     scope_by: Tuple[str, ...] = ("scale", "signature", "coupling")
     overrides: Dict[str, float] = field(default_factory=dict)
     relative: bool = False
+    ratio_search: str = "loss"
+    search_images: int = 512
+    search_factors: Tuple[float, ...] = (0.5, 1.5)
+    search_passes: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,6 +71,10 @@ class GCPPruneConfig(PruneStageConfig):
         need(self.threshold in ("group", "global"), s, f"threshold must be 'group' or 'global', got {self.threshold!r}")
         need(bool(self.scope_by) and all(t in TAGS for t in self.scope_by), s,
              f"scope_by must be a non-empty subset of {list(TAGS)}, got {list(self.scope_by)}")
+        need(self.ratio_search in ("none", "loss"), s, f"ratio_search must be 'none' or 'loss', got {self.ratio_search!r}")
+        need(self.search_images >= 1 and self.search_passes >= 0, s, "search_images must be >= 1, search_passes >= 0")
+        self.search_factors = tuple(float(f) for f in self.search_factors)
+        need(all(f > 0 for f in self.search_factors), s, f"search_factors must be > 0, got {self.search_factors}")
         limit = float("inf") if self.relative else 1.0
         for pattern, ratio in self.overrides.items():
             need(0.0 <= float(ratio) < limit, s, f"overrides['{pattern}'] must lie in [0, {limit}), got {ratio}")
@@ -93,6 +112,46 @@ def assign_scopes(groups, scope_by: Tuple[str, ...], overrides: Dict[str, float]
     return scopes
 
 
+@dataclass
+class GroupScopedConfig(ScopedConfig):
+    """`ScopedConfig` plus `multipliers`: scope -> multiplier of the budget ratio (scopes without a fixed ratio)."""
+
+    multipliers: Dict[str, float] = field(default_factory=dict)
+
+
+class GroupScoped(Scoped):
+    """Scoped allocation where `ratios` are the user's fixed (or relative) ratios and `multipliers` scale the
+    searched budget ratio for the other scopes."""
+
+    Config = GroupScopedConfig
+
+    def scope_ratio(self, scope: str, budget_ratio: float) -> float:
+        if scope not in self.config.ratios and scope in self.config.multipliers:
+            return min(float(self.config.multipliers[scope]) * budget_ratio, 0.999)
+        return super().scope_ratio(scope, budget_ratio)
+
+
+def search_multipliers(candidate_loss: Callable[[Dict[str, float]], float], scopes: List[str],
+                       factors: Tuple[float, ...], passes: int) -> Tuple[Dict[str, float], List[Dict]]:
+    """Coordinate search of per-scope multipliers minimising `candidate_loss` (candidates the budget cannot reach
+    are skipped). Returns (best multipliers, trace of every evaluation)."""
+    best = {s: 1.0 for s in scopes}
+    best_loss = candidate_loss(best)
+    trace = [{"multipliers": dict(best), "loss": best_loss}]
+    for _ in range(passes):
+        for scope in scopes:
+            for factor in factors:
+                trial = {**best, scope: best[scope] * factor}
+                try:
+                    loss = candidate_loss(trial)
+                except ConfigError:
+                    continue
+                trace.append({"multipliers": trial, "loss": loss})
+                if loss < best_loss:
+                    best_loss, best = loss, trial
+    return best, trace
+
+
 class GCPRecipe(Recipe):
     """Paper 1 (GCP): dynamic sparse training, group channel pruning with bias folding, spatial attention
     distillation. Config: `GCPConfig`."""
@@ -117,11 +176,27 @@ class GCPRecipe(Recipe):
         analysis = prunekit.analyze(model, inputs)
         criterion_options = {"reduction": "mean"}  # a residual group's score: mean |gamma| over its BatchNorms
         info = {"threshold": cfg.threshold}
+        options = {}
         if cfg.threshold == "group":
             scopes = assign_scopes(analysis.groups, cfg.scope_by, cfg.overrides)
-            allocator, options = "scoped", {"by": (SCOPE_TAG,), "ratios": dict(cfg.overrides), "normalizer": "none",
-                                            "relative": cfg.relative}
-            info["scopes"] = {k: len(v) for k, v in scopes.items()}
+            base = {"by": (SCOPE_TAG,), "ratios": dict(cfg.overrides), "normalizer": "none",
+                    "relative": cfg.relative, **cfg.constraints()}
+            searched = [k for k in scopes if k not in cfg.overrides]
+            multipliers = {k: 1.0 for k in searched}
+            if cfg.ratio_search == "loss" and cfg.keep_macs is not None and searched:
+                images, labels = ctx.task.calibration_batch(cfg.search_images)
+
+                def candidate_loss(mult: Dict[str, float]) -> float:
+                    candidate = prune_with_folding(model, inputs, analysis, cfg, "bn_scale",
+                                                   GroupScoped(None, **base, multipliers=mult), criterion_options)[0]
+                    return adaptive_bn_loss(candidate, images, labels)
+
+                multipliers, trace = search_multipliers(candidate_loss, searched, cfg.search_factors,
+                                                        cfg.search_passes)
+                info["search"] = {"evaluations": len(trace), "loss_uniform": trace[0]["loss"],
+                                  "loss_best": min(t["loss"] for t in trace)}
+            allocator = GroupScoped(None, **base, multipliers=multipliers)
+            info.update(scopes={k: len(v) for k, v in scopes.items()}, multipliers=multipliers)
         else:
             allocator, options = "global", {"normalizer": "none"}
         pruned, plan, facts = prune_with_folding(model, inputs, analysis, cfg, "bn_scale", allocator,

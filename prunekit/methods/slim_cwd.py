@@ -5,8 +5,8 @@ stages, each in its own resumable folder (see `prunekit.methods.base`):
 
 1. **sparse** - BN-L1 with the linearly decaying rate ``s(e) = s0 * (1 - 0.9 * e / E)`` (`linear_decay`), plus the
    author code's constant L1 on the BN shifts at ``10 * s0`` (``beta_factor``, 0 turns it off).
-2. **prune** - channels ranked by |gamma|: one global threshold over every group (``allocator: global``, the author
-   repo) or the same ratio in every layer (``allocator: uniform``, the paper's text); the budget is a MACs fraction
+2. **prune** - channels ranked by |gamma|: the same ratio in every layer (``allocator: uniform``, the paper's text,
+   default) or one global threshold over every group (``allocator: global``, the author repo); the budget is a MACs fraction
    (searched) or a channel ratio. Residual-coupled channels are pruned as groups (the repo instead leaves them
    out). The removed channels' constant output is folded into the next layer before removal.
 3. **finetune** - fine-tuning with the task loss plus channel-wise distillation (Shu et al. 2021: per-channel
@@ -26,9 +26,10 @@ from .cifar import DistillConfig, FinetuneStageConfig, SparseStageConfig, need
 
 @dataclass
 class SlimPruneConfig(PruneStageConfig):
-    """Stage 2 of slim-cwd. Attributes: allocator: ``global`` (one |gamma| threshold) or ``uniform`` (per layer)."""
+    """Stage 2 of slim-cwd. Attributes: allocator: ``uniform`` (the same fraction of every layer, the paper's text)
+    or ``global`` (one |gamma| threshold over every layer, the author repo)."""
 
-    allocator: str = "global"
+    allocator: str = "uniform"
 
     def __post_init__(self):
         super().__post_init__()

@@ -67,8 +67,8 @@ def predict(model: nn.Module, images: Images, conf: float = 0.001, iou: float = 
         for batch in _batches(images, batch_size):
             pred = model(batch.to(device))
             if not isinstance(pred, torch.Tensor) or pred.dim() != 3:
-                raise ConfigError(f"prunekit.train.detection.predict: {type(model).__name__} must return [B, 4 + nc, N] "
-                                  "in eval mode")
+                raise ConfigError(f"prunekit.train.detection.predict: {type(model).__name__} must return "
+                                  "[B, 4 + nc, N] in eval mode")
             out.extend(d.cpu() for d in non_max_suppression(pred, conf, iou, max_det))
     finally:
         model.train(was_training)
@@ -105,12 +105,13 @@ def _num_classes(model: nn.Module, dataset=None) -> int:
 
 
 def evaluate_map(model: nn.Module, dataset, conf: float = 0.001, iou: float = 0.6, limit: Optional[int] = None,
-                 batch_size: int = 16, max_det: int = 300) -> Dict[str, float]:
+                 batch_size: int = 16, max_det: int = 100) -> Dict[str, float]:
     """mAP of `model` on a detection dataset of ``(image [3, S, S], targets [n, 6])`` items.
 
     Args:
         conf / iou: NMS confidence and IoU thresholds (0.001 / 0.6 as YOLO validation).
         limit: use only the first `limit` items.
+        max_det: detections kept per image (COCOeval scores at most 100 per image anyway).
 
     Returns:
         ``{"map50", "map50_95", "images"}``.
@@ -137,8 +138,8 @@ def agreement_map(model: nn.Module, reference_model: nn.Module, images: Images, 
         ``{"map50", "map50_95", "reference_boxes"}`` (NaN mAPs when the reference detects nothing).
     """
     images = images if isinstance(images, torch.Tensor) else list(images)
-    reference = predict(reference_model, images, conf, iou, batch_size=batch_size)
-    candidate = predict(model, images, eval_conf, iou, batch_size=batch_size)
+    reference = predict(reference_model, images, conf, iou, max_det=100, batch_size=batch_size)
+    candidate = predict(model, images, eval_conf, iou, max_det=100, batch_size=batch_size)
     pseudo = [torch.cat((d[:, 5:6], d[:, :4]), 1) for d in reference]
     result = score_detections(candidate, pseudo, _num_classes(reference_model))
     result["reference_boxes"] = int(sum(d.shape[0] for d in reference))

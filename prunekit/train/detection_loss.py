@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +237,8 @@ def targets_to_batch(targets: torch.Tensor, batch_size: int, image_hw: Sequence[
     targets = targets.reshape(-1, 6).float()
     device = targets.device
     if targets.numel() == 0:
-        return (torch.zeros(batch_size, 0, dtype=torch.long, device=device), torch.zeros(batch_size, 0, 4, device=device),
+        return (torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+                torch.zeros(batch_size, 0, 4, device=device),
                 torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
     index = targets[:, 0].long()
     if index.min() < 0 or index.max() >= batch_size:

@@ -97,10 +97,11 @@ def test_quantised_latents_stay_close_to_float_latents():
     assert errors[0] < 0.02 and errors[0] < errors[1] < 0.3
 
 
-def test_training_reduces_error_and_saved_factors_reload(tmp_path):
+@pytest.mark.parametrize("optimizer,steps", [("als", 10), ("adam", 60)])
+def test_training_reduces_error_and_saved_factors_reload(tmp_path, optimizer, steps):
     model = tiny_model("llama")
     calib = torch.randint(1, 256, (4, 64), generator=torch.Generator().manual_seed(4))
-    cfg = cskv_train.TrainConfig(steps=60, lr=3e-3, batch_tokens=128)
+    cfg = cskv_train.TrainConfig(optimizer=optimizer, steps=steps, lr=3e-3)
     factors = cskv_train.train(model, calib, 0.25, 0.25, cfg, progress=False)
     for row in factors.metadata["layers"]:
         assert row["k_after"] < row["k_before"] and row["v_after"] < row["v_before"]
@@ -120,9 +121,64 @@ def test_training_reduces_error_and_saved_factors_reload(tmp_path):
         cskv_train.load(tmp_path / "missing")
 
 
+def test_als_reaches_the_closed_form_optimum():
+    """ALS on the second-moment loss converges to the whitened truncated SVD (reduced-rank regression optimum)."""
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(12, 12, generator=gen, dtype=torch.float64)
+    second = mix @ mix.T / 12 + 0.1 * torch.eye(12, dtype=torch.float64)
+    weight = torch.randn(8, 12, generator=gen, dtype=torch.float64)
+    down, up = svd_factors(weight, 3)
+    layer = {"k_down": down, "k_up": up, "v_down": down.clone(), "v_up": up.clone()}
+    trained = cskv_train.als_layer({"second": second}, weight, weight, layer, steps=200)
+    root = torch.linalg.cholesky(second)
+    sv = torch.linalg.svdvals(weight @ root)
+    optimum = sv[3:].pow(2).sum() / sv.pow(2).sum()
+    errors = cskv_train.relative_errors({"second": second}, weight, weight, trained)
+    assert abs(errors["k"] - float(optimum)) < 1e-6
+    with pytest.raises(ConfigError, match="adam"):
+        cskv_train.train(tiny_model("llama"), torch.randint(1, 256, (1, 32)), 0.5, 0.5,
+                         cskv_train.TrainConfig(bits=4), progress=False)
+
+
+def test_quantisation_aware_training_runs_on_sampled_inputs():
+    model = tiny_model("llama")
+    calib = torch.randint(1, 256, (2, 64), generator=torch.Generator().manual_seed(6))
+    cfg = cskv_train.TrainConfig(optimizer="adam", steps=5, bits=4, window=8, batch_tokens=64)
+    factors = cskv_train.train(model, calib, 0.5, 0.5, cfg, progress=False)
+    assert all(torch.isfinite(t).all() for layer in factors.layers for t in layer.values())
+
+
 def test_factors_from_weights_reconstruct_projection_at_full_rank():
     model = tiny_model("qwen2")  # k/v projections with bias
     factors = CSKVFactors.from_weights(model, 32, 32)
     attn = model.model.layers[1].self_attn
     torch.testing.assert_close(factors.layers[1]["k_up"] @ factors.layers[1]["k_down"], attn.k_proj.weight,
                                atol=1e-5, rtol=1e-4)
+
+
+def test_low_rank_cache_equals_reconstructed_full_cache():
+    """window=0: the continuation must see exactly RoPE(up_K down_K x + b_K) and up_V down_V x + b_V as old K/V."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    model = tiny_model("qwen2")  # biases on k/v projections
+    ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(8))
+    press = CSKVPress(k_density=0.25, v_density=0.5, window=0)
+    _, out, cache_c = continuation_logits(model, press, ids, torch.ones_like(ids), 30)
+    inputs = {}
+    hooks = [layer.self_attn.k_proj.register_forward_pre_hook(
+        lambda mod, args, i=i: inputs.__setitem__(i, args[0])) for i, layer in enumerate(model.model.layers)]
+    cache = new_cache(model)
+    with torch.no_grad():
+        model(ids[:, :30], past_key_values=cache)
+        for hook in hooks:
+            hook.remove()
+        cos, sin = model.model.rotary_emb(inputs[0], torch.arange(30)[None])
+        for i, layer in enumerate(cache.layers):
+            f, attn = press.factors.layers[i], model.model.layers[i].self_attn
+            k = (inputs[i] @ f["k_down"].T @ f["k_up"].T + attn.k_proj.bias).view(1, 30, 2, 16).transpose(1, 2)
+            v = (inputs[i] @ f["v_down"].T @ f["v_up"].T + attn.v_proj.bias).view(1, 30, 2, 16).transpose(1, 2)
+            layer.keys, _ = apply_rotary_pos_emb(k, k, cos, sin)
+            layer.values = v
+        ref = model(ids[:, 30:], past_key_values=cache).logits
+    assert cache_c.layers[0].n_latent == 40  # window 0: everything (context and continuation) ends as latents
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)

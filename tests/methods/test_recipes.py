@@ -38,7 +38,7 @@ def widths(model):
     return [model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels]
 
 
-@pytest.mark.parametrize("recipe, stage2", [(GCPRecipe, {}), (SlimCWDRecipe, {"allocator": "uniform"})])
+@pytest.mark.parametrize("recipe, stage2", [(GCPRecipe, {}), (SlimCWDRecipe, {})])
 def test_recipe_runs_end_to_end_and_shrinks_the_model(tmp_path, recipe, stage2):
     result = recipe(config(tmp_path, stage2=stage2)).run()
     assert result["status"] == "complete" and set(result["stages"]) == {"sparse", "prune", "finetune"}
@@ -52,18 +52,19 @@ def test_recipe_runs_end_to_end_and_shrinks_the_model(tmp_path, recipe, stage2):
     model = load_stage_model(Path(result["model_dir"]), task)
     assert widths(model) != [32, 64, 64] and task.cost(model)["params"] == result["params"]
     assert task.accuracy(model) == pytest.approx(result["accuracy"], abs=1e-9)
-    if stage2.get("allocator") == "uniform":  # the same fraction of every layer
+    if recipe is SlimCWDRecipe:  # uniform by default: the same fraction of every layer
         fractions = [w / full for w, full in zip(widths(model), [32, 64, 64])]
         assert max(fractions) - min(fractions) < 0.1
 
 
 def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
-    sections = {"stage3": {"epochs": 2, "lr": 0.02, "checkpoint_every": 1, "checkpoint_unit": "step",
+    sections = {"stage2": {"keep_macs": 0.5, "allocator": "global"},
+                "stage3": {"epochs": 2, "lr": 0.02, "checkpoint_every": 1, "checkpoint_unit": "step",
                            "distill": {"feature_loss": "cwd", "logit_weight": 0.5}}}
     straight = SlimCWDRecipe(config(tmp_path / "a", **sections)).run()
     for stage in ("1_sparse", "2_prune"):  # the same finished stages: the interruption is in stage 3
         shutil.copytree(tmp_path / "a" / stage, tmp_path / "b" / stage)
-    first = SlimCWDRecipe(config(tmp_path / "b", **{"stage3": {**sections["stage3"], "max_steps": 5}})).run()
+    first = SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage3": {**sections["stage3"], "max_steps": 5}})).run()
     assert first["status"] == "incomplete" and first["stopped_in"] == "finetune"
     assert not (tmp_path / "b" / "3_finetune" / "done.json").exists()
     resumed = SlimCWDRecipe(config(tmp_path / "b", **sections)).run()
@@ -78,7 +79,7 @@ def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
     assert resumed["accuracy"] == straight["accuracy"]
     # a changed stage-2 setting on the same folder is refused by name, unless overwrite is set
     with pytest.raises(ConfigError, match=r"stage 'prune' .* different settings"):
-        SlimCWDRecipe(config(tmp_path / "b", stage2={"keep_macs": 0.6}, **sections)).run()
+        SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage2": {"keep_macs": 0.6}})).run()
 
 
 @pytest.mark.parametrize("sections, message", [
