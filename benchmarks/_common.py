@@ -103,6 +103,22 @@ def report(benchmark: str, argv: Sequence[str], start: float, rows: List[Dict[st
     }
 
 
+def doc_command(command: str) -> str:
+    """The command line as a results page shows it: without the ``--json PATH`` / ``--docs PATH`` arguments."""
+    words, out, skip = command.split(), [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--json", "--docs"):
+            skip = True
+            continue
+        if word.startswith(("--json=", "--docs=")):
+            continue
+        out.append(word)
+    return " ".join(out)
+
+
 def run_python(code: str, timeout_s: float, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run `code` in a fresh Python process with a wall-clock limit; the child prints one JSON line last.
 
