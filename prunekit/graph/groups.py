@@ -16,6 +16,19 @@ from .types import ChannelGroup, GroupMember
 
 
 def build_groups(state: TraceState) -> List[ChannelGroup]:
+    import gc
+
+    # millions of small lists are created here; the cyclic collector would rescan them over and over
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_groups(state)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_groups(state: TraceState) -> List[ChannelGroup]:
     uf = state.uf
     # root -> {member index: [positions]}
     owned: Dict[int, Dict[int, List[int]]] = defaultdict(lambda: defaultdict(list))

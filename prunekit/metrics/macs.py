@@ -22,8 +22,13 @@ def count_macs(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*inputs, **kwargs)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder path hides its matmuls from the counter
+    try:
+        with torch.no_grad(), counter:
+            model(*inputs, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(counter.get_total_flops()) // 2
 
 
