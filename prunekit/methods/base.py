@@ -399,7 +399,8 @@ def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: 
         group_sizes={g.id: g.size for g in analysis.groups}, inputs=describe_inputs(inputs),
         model_spec=dict(model_spec or {}),
         provenance=PruningPlan.provenance_now(criterion=criterion, allocator=name, ratio=result.ratio,
-                                              budget=budget.target or "ratio", cost=result.cost, target_cost=result.target_cost,
+                                              budget=budget.target or "ratio", cost=result.cost,
+                                              target_cost=result.target_cost,
                                               base_cost=result.base_cost, tolerance=tol))
 
 

@@ -68,7 +68,8 @@ class TaskConfig:
 
     def __post_init__(self):
         s = self.SECTION
-        need(self.train_subset is None or self.train_subset >= 1, s, f"train_subset must be >= 1, got {self.train_subset}")
+        need(self.train_subset is None or self.train_subset >= 1, s,
+             f"train_subset must be >= 1, got {self.train_subset}")
         need(self.test_limit is None or self.test_limit >= 1, s, f"test_limit must be >= 1, got {self.test_limit}")
         need(self.augment in (None, "standard"), s, f"augment must be 'standard' or null, got {self.augment!r}")
         need(self.batch_size >= 1 and self.eval_batch_size >= 1, s, "batch sizes must be >= 1")

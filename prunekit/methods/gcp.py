@@ -71,7 +71,8 @@ class GCPPruneConfig(PruneStageConfig):
         need(self.threshold in ("group", "global"), s, f"threshold must be 'group' or 'global', got {self.threshold!r}")
         need(bool(self.scope_by) and all(t in TAGS for t in self.scope_by), s,
              f"scope_by must be a non-empty subset of {list(TAGS)}, got {list(self.scope_by)}")
-        need(self.ratio_search in ("none", "loss"), s, f"ratio_search must be 'none' or 'loss', got {self.ratio_search!r}")
+        need(self.ratio_search in ("none", "loss"), s,
+             f"ratio_search must be 'none' or 'loss', got {self.ratio_search!r}")
         need(self.search_images >= 1 and self.search_passes >= 0, s, "search_images must be >= 1, search_passes >= 0")
         self.search_factors = tuple(float(f) for f in self.search_factors)
         need(all(f > 0 for f in self.search_factors), s, f"search_factors must be > 0, got {self.search_factors}")

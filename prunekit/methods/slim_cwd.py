@@ -6,9 +6,9 @@ stages, each in its own resumable folder (see `prunekit.methods.base`):
 1. **sparse** - BN-L1 with the linearly decaying rate ``s(e) = s0 * (1 - 0.9 * e / E)`` (`linear_decay`), plus the
    author code's constant L1 on the BN shifts at ``10 * s0`` (``beta_factor``, 0 turns it off).
 2. **prune** - channels ranked by |gamma|: the same ratio in every layer (``allocator: uniform``, the paper's text,
-   default) or one global threshold over every group (``allocator: global``, the author repo); the budget is a MACs fraction
-   (searched) or a channel ratio. Residual-coupled channels are pruned as groups (the repo instead leaves them
-   out). The removed channels' constant output is folded into the next layer before removal.
+   default) or one global threshold over every group (``allocator: global``, the author repo); the budget is a
+   MACs fraction (searched) or a channel ratio. Residual-coupled channels are pruned as groups (the repo instead
+   leaves them out). The removed channels' constant output is folded into the next layer before removal.
 3. **finetune** - fine-tuning with the task loss plus channel-wise distillation (Shu et al. 2021: per-channel
    spatial softmax at temperature tau, KL, tau^2 / (N*C)), a 1x1 adapter aligning the pruned widths.
 

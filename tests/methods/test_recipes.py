@@ -64,7 +64,8 @@ def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
     straight = SlimCWDRecipe(config(tmp_path / "a", **sections)).run()
     for stage in ("1_sparse", "2_prune"):  # the same finished stages: the interruption is in stage 3
         shutil.copytree(tmp_path / "a" / stage, tmp_path / "b" / stage)
-    first = SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage3": {**sections["stage3"], "max_steps": 5}})).run()
+    stopped = {**sections, "stage3": {**sections["stage3"], "max_steps": 5}}
+    first = SlimCWDRecipe(config(tmp_path / "b", **stopped)).run()
     assert first["status"] == "incomplete" and first["stopped_in"] == "finetune"
     assert not (tmp_path / "b" / "3_finetune" / "done.json").exists()
     resumed = SlimCWDRecipe(config(tmp_path / "b", **sections)).run()
