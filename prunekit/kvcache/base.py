@@ -312,16 +312,17 @@ class SelectedKVLayer(CompressedLayer):
         q_old = q if s["k_idx"] is None else gather_channels(q, s["k_idx"].long())
         logits = torch.cat([q_old @ s["k_old"].transpose(2, 3), q @ s["k_new"].transpose(2, 3)], dim=-1)
         logits = logits.view(bsz, kv_heads, groups, q_len, n_old + n_new) * call.scaling
-        allowed = call.allowed(self.length)  # [B|1, 1, q, L]
-        allowed_new = allowed[..., self.length - n_new:]
-        if s["slots"] is None:
-            allowed_old = allowed[..., :n_old]
-        else:
-            full = allowed.expand(bsz, kv_heads, q_len, self.length)
-            allowed_old = full.gather(3, s["slots"].long()[:, :, None, :].expand(bsz, kv_heads, q_len, n_old))
-        allowed_old = allowed_old.expand(bsz, kv_heads, q_len, n_old)
-        keep = torch.cat([allowed_old, allowed_new.expand(bsz, kv_heads, q_len, n_new)], dim=-1)[:, :, None]
-        logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+        if not call.attends_everything():
+            allowed = call.allowed(self.length)  # [B|1, 1, q, L]
+            allowed_new = allowed[..., self.length - n_new:]
+            if s["slots"] is None:
+                allowed_old = allowed[..., :n_old]
+            else:
+                full = allowed.expand(bsz, kv_heads, q_len, self.length)
+                allowed_old = full.gather(3, s["slots"].long()[:, :, None, :].expand(bsz, kv_heads, q_len, n_old))
+            allowed_old = allowed_old.expand(bsz, kv_heads, q_len, n_old)
+            keep = torch.cat([allowed_old, allowed_new.expand(bsz, kv_heads, q_len, n_new)], dim=-1)[:, :, None]
+            logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
         probs = logits.softmax(-1, dtype=torch.float32).to(call.query.dtype).view(bsz, kv_heads, groups * q_len, -1)
         out_old = probs[..., :n_old] @ s["v_old"]
         if s["v_idx"] is not None:

@@ -280,8 +280,9 @@ class LatentLayer(CompressedLayer):
             k_hat = call.rotate(k_hat, cos, sin)
             parts.insert(0, q @ k_hat.transpose(2, 3))
         logits = torch.cat(parts, dim=-1).view(bsz, kv_heads, groups, q_len, n_lat + n_win) * call.scaling
-        allowed = call.allowed(self.length)[:, :, None]  # [B|1, 1, 1, q, L]
-        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        if not call.attends_everything():
+            allowed = call.allowed(self.length)[:, :, None]  # [B|1, 1, 1, q, L]
+            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         probs = logits.softmax(-1, dtype=torch.float32).to(q.dtype).view(bsz, kv_heads, groups * q_len, -1)
         out = probs[..., n_lat:] @ s["v_win"]
         if n_lat:

@@ -190,6 +190,10 @@ class AttentionCall:
                            scaling=self.scaling, **extra)
         return out.transpose(1, 2)
 
+    def attends_everything(self) -> bool:
+        """True when every cached slot is visible to every query (one query token and no mask: plain decoding)."""
+        return self.mask is None and self.q_len == 1
+
     def allowed(self, kv_len: int) -> torch.Tensor:
         """Which cache slots each query may attend, as a boolean ``[B|1, 1, T, kv_len]`` (True = attend).
 
