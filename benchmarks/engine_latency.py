@@ -1,8 +1,9 @@
 """Does removing half the MACs make models faster on the CPU? Latency before and after pruning, eager and onnxruntime.
 
-Option-B ResNet-56 (``cifar_resnet56_b``, pretrained; batch 32 at 32x32) and the YOLOv8s fall detector
+Option-B ResNet-56 (``cifar_resnet56_b``, pretrained; batches 1 and 32 at 32x32) and the YOLOv8s fall detector
 (``yolov8s_fall``, pretrained, BN fused; batch 1 at 640, 320 with --quick) are pruned with prunekit to about half
-their MACs (``Budget(target="macs", keep_fraction=0.5)``, ``round_to=8``, L1, uniform). Latency is measured in eager
+their MACs (``Budget(target="macs", keep_fraction=0.5)``, ``round_to="auto"``: the CPU's channel block, 16 on AVX-512;
+L1, uniform). Latency is measured in eager
 PyTorch (``torch.inference_mode``) and in onnxruntime (CPU, sequential, exported once per model) with a fixed thread
 count; the machine is shared, so the original and the pruned model are timed in alternating rounds after a warm-up
 and the medians are compared. Target per model and backend: speed-up >= 0.8 x MACs ratio.
@@ -42,20 +43,22 @@ def yolo_name() -> str:
         return "yolov8s"
 
 
-def prune_half_macs(model: torch.nn.Module, inputs: torch.Tensor) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """prunekit at half the MACs (round_to 8); returns the pruned model and what it did."""
+def prune_half_macs(model: torch.nn.Module, inputs: torch.Tensor,
+                    round_to: str = "auto") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """prunekit at half the MACs; returns the pruned model and what it did."""
     import prunekit
     from prunekit.metrics.macs import count_macs
     from prunekit.metrics.params import count_parameters
 
     start = time.perf_counter()
     analysis = prunekit.analyze(model, inputs)
-    plan = prunekit.plan(model, inputs, budget=prunekit.Budget(target="macs", keep_fraction=0.5), round_to=8,
-                         analysis=analysis)
+    plan = prunekit.plan(model, inputs, budget=prunekit.Budget(target="macs", keep_fraction=0.5),
+                         round_to=round_to, analysis=analysis)
     pruned = prunekit.apply(model, plan, inputs, analysis=analysis).eval()
     seconds = time.perf_counter() - start
     macs0, macs1 = count_macs(model, inputs), count_macs(pruned, inputs)
     return pruned, {"prune_s": seconds, "ratio_searched": plan.provenance.get("ratio"),
+                    "round_to": plan.provenance.get("round_to"),
                     "verify_error": pruned.prunekit_verification.relative_error,
                     "params_before": count_parameters(model), "params_after": count_parameters(pruned),
                     "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / macs1}
@@ -147,12 +150,15 @@ def _iqr(values: List[float]) -> float:
     return q[2] - q[0]
 
 
-def workloads(quick: bool) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-    """(model name, example inputs for tracing, timed inputs) per model."""
+def workloads(quick: bool, resnet_batches: List[int]) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+    """(model name, example inputs for tracing, timed inputs) per model: ResNet-56-B at each batch size (batch 1
+    is latency, larger batches are throughput and also test the memory hierarchy), YOLOv8s at batch 1."""
     gen = torch.Generator().manual_seed(0)
     size = 320 if quick else 640
-    return [("cifar_resnet56_b", torch.randn(2, 3, 32, 32, generator=gen), torch.randn(32, 3, 32, 32, generator=gen)),
-            (yolo_name(), torch.randn(1, 3, size, size, generator=gen), torch.randn(1, 3, size, size, generator=gen))]
+    trace = torch.randn(2, 3, 32, 32, generator=gen)
+    rows = [("cifar_resnet56_b", trace, torch.randn(b, 3, 32, 32, generator=gen)) for b in resnet_batches]
+    return rows + [(yolo_name(), torch.randn(1, 3, size, size, generator=gen),
+                    torch.randn(1, 3, size, size, generator=gen))]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,6 +169,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="YOLO at 320 and fewer repeats")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--rounds", type=int, default=0, help="alternating timing rounds (default 6, 10 in full runs)")
+    parser.add_argument("--round-to", default="auto", help="kept widths are multiples of this ('auto': 16 on "
+                                                             "AVX-512 CPUs, 8 elsewhere)")
+    parser.add_argument("--resnet-batches", default="1,32", help="timed batch sizes of ResNet-56-B (comma-separated)")
     parser.add_argument("--models", default="", help="comma-separated subset: cifar_resnet56_b, yolo")
     parser.add_argument("--docs", default=None, help="markdown file whose engine_latency section is rewritten "
                                                      "(default docs/results_engine.md on a full run)")
@@ -180,22 +189,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Dict[str, Any]] = []
     targets: List[Dict[str, Any]] = []
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
-    for name, trace_x, timed_x in workloads(args.quick):
+    batches = [int(b) for b in args.resnet_batches.split(",") if b.strip()]
+    for name, trace_x, timed_x in workloads(args.quick, batches):
         if wanted and name not in wanted and not ("yolo" in wanted and name.startswith("yolo")):
             continue
         model = build(name, pretrained=True).eval()
-        pruned, info = prune_half_macs(model, trace_x)
+        pruned, info = prune_half_macs(model, trace_x, args.round_to)
         print(f"{name}: MACs x{info['macs_ratio']:.2f} fewer (ratio {info['ratio_searched']}), "
-              f"verify error {info['verify_error']:.2g}, {info['prune_s']:.1f} s", flush=True)
+              f"round_to {info['round_to']}, verify error {info['verify_error']:.2g}, {info['prune_s']:.1f} s",
+              flush=True)
         for row in measure(name, model, pruned, timed_x, args.threads, rounds, per_round):
             row.update(info, input_shape=list(timed_x.shape), threads=args.threads)
             rows.append(row)
-            if "speedup" in row:
-                row["efficiency"] = row["speedup"] / info["macs_ratio"]
-                targets.append(target(f"{name} {row['backend'].split()[0]} speed-up / MACs ratio",
-                                      row["efficiency"], ">=", EFFICIENCY_GOAL))
-            else:
-                targets.append(target(f"{name} {row['backend']} speed-up / MACs ratio", None, ">=", EFFICIENCY_GOAL))
+            label = f"{name} batch {timed_x.shape[0]} {row['backend'].split()[0]} speed-up / MACs ratio"
+            row["efficiency"] = row["speedup"] / info["macs_ratio"] if "speedup" in row else None
+            targets.append(target(label, row["efficiency"], ">=", EFFICIENCY_GOAL))
     columns = ["model", "backend", "input", "before ms", "after ms", "speed-up", "MACs ratio", "speed-up / MACs"]
     table = [[r["model"], r["backend"], "x".join(map(str, r["input_shape"])), r.get("before_ms"), r.get("after_ms"),
               r.get("speedup"), r["macs_ratio"], r.get("efficiency")] for r in rows]
@@ -207,7 +215,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from _common import doc_command, fmt
 
         lines = [f"Generated by `{doc_command(payload['command'])}`. prunekit at half the MACs (Budget target macs, "
-                 f"keep 0.5, round_to 8, L1, uniform); medians of {rounds} alternating rounds of {per_round} calls "
+                 f"keep 0.5, "
+                 f"round_to {args.round_to} = {rows[0].get('round_to') if rows else '?'} on this CPU, L1, uniform); "
+                 f"medians of {rounds} alternating rounds of {per_round} calls "
                  f"after a warm-up, {args.threads} thread(s).", "",
                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c, 3) for c in row) + " |" for row in table]

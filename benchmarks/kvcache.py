@@ -33,6 +33,7 @@ from prunekit.kvcache.think import ThinKPress  # noqa: E402
 from prunekit.paths import cache_root, repo_root  # noqa: E402
 
 CSKV80 = (0.2, 0.2)  # (k_density, v_density) for 80%: best of 6 splits on WikiText-2 valid (see docs)
+KEY_WEIGHT = 3.0  # adaptive rank allocation: key errors count 3x (best of 1/2/3 on WikiText-2 valid perplexity)
 SETTINGS = {
     "quick": dict(contexts=(1024, 2048, 4096), decode_tokens=16, ppl_context=512, ppl_segment=128, ppl_windows=10,
                   passkey_tokens=1024, depths=(0.1, 0.3, 0.5, 0.7, 0.9), trials=2, calib_seq=8, steps=20,
@@ -47,14 +48,17 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def factors_for(model, stats_fn, kd: float, vd: float, steps: int, calib_seq: int, bits: int, retrain: bool):
+def factors_for(model, stats_fn, kd: float, vd: float, steps: int, calib_seq: int, bits: int, retrain: bool,
+                allocation: str = "adaptive"):
     """Trained CSKV factors (ALS for float latents, Adam QAT for 4 bits), loaded from the cache when present."""
     optimizer = "als" if bits >= 16 else "adam"
-    folder = cache_root() / "kvcache" / f"cskv_smollm2_k{kd}_v{vd}_b{bits}_{optimizer}{steps}_c{calib_seq}"
+    folder = cache_root() / "kvcache" / (f"cskv_smollm2_k{kd}_v{vd}_b{bits}_{optimizer}{steps}_c{calib_seq}_"
+                                         f"{allocation}{KEY_WEIGHT if allocation == 'adaptive' else ''}")
     if (folder / cskv_train.META_FILE).is_file() and not retrain:
         log(f"loading CSKV factors from {folder}")
         return cskv_train.load(folder), True
-    cfg = cskv_train.TrainConfig(optimizer=optimizer, steps=steps, bits=bits, lr=1e-3 if bits < 16 else 3e-3)
+    cfg = cskv_train.TrainConfig(optimizer=optimizer, steps=steps, bits=bits, lr=1e-3 if bits < 16 else 3e-3,
+                                 allocation=allocation, key_weight=KEY_WEIGHT)
     factors = cskv_train.fit(model, stats_fn(bits < 16), kd, vd, cfg, progress=True)
     factors.metadata["calib_tokens"] = calib_seq * 512
     cskv_train.save(factors, folder)
@@ -72,7 +76,9 @@ def build_presses(factors: dict, kvpress_mod) -> dict:
         "think40+hh50": ThinKPress(key_ratio=0.4, eviction=HeavyHitterEviction(token_ratio=0.5)),
         "cskv50": CSKVPress(k_density=0.5, v_density=0.5, factors=factors["cskv50"]),
         "cskv80_svd": CSKVPress(k_density=kd, v_density=vd),
+        "cskv80_uniform": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80_uniform"]),
         "cskv80": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"]),
+        "cskv80_nosink": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"], sink=0),
         "cskv80_4bit": CSKVPress(k_density=kd, v_density=vd, bits=4, factors=factors["cskv80_4bit"]),
     }
     if kvpress_mod is not None:
@@ -109,13 +115,17 @@ def run(args) -> dict:
 
     factors, train_info = {}, {}
     qat = s["qat_steps"] > 0
-    for name, (kd, vd, bits) in {"cskv50": (0.5, 0.5, 16), "cskv80": (*CSKV80, 16),
-                                 "cskv80_4bit": (*CSKV80, 4 if qat else 16)}.items():
+    for name, (kd, vd, bits, allocation) in {"cskv50": (0.5, 0.5, 16, "adaptive"),
+                                             "cskv80_uniform": (*CSKV80, 16, "uniform"),
+                                             "cskv80": (*CSKV80, 16, "adaptive"),
+                                             "cskv80_4bit": (*CSKV80, 4 if qat else 16, "adaptive")}.items():
         t0 = time.perf_counter()
         steps = s["qat_steps"] if bits < 16 else s["steps"]
-        factors[name], loaded = factors_for(model, stats_fn, kd, vd, steps, s["calib_seq"], bits, args.retrain)
+        factors[name], loaded = factors_for(model, stats_fn, kd, vd, steps, s["calib_seq"], bits, args.retrain,
+                                            allocation)
         layers = factors[name].metadata.get("layers", [])
         train_info[name] = {"seconds": time.perf_counter() - t0, "loaded": loaded, "bits": bits,
+                            "allocation": allocation,
                             "k_err_before": sum(r["k_before"] for r in layers) / max(len(layers), 1),
                             "k_err_after": sum(r["k_after"] for r in layers) / max(len(layers), 1),
                             "v_err_before": sum(r["v_before"] for r in layers) / max(len(layers), 1),
@@ -140,7 +150,7 @@ def run(args) -> dict:
 
     ppl = {}
     ppl_set = ["full", "think40", "think50", "think40_r0", "kvpress_think40", "think40+hh50", "cskv50",
-               "cskv80_svd", "cskv80", "cskv80_4bit"]
+               "cskv80_svd", "cskv80_uniform", "cskv80_nosink", "cskv80", "cskv80_4bit"]
     for name in [n for n in ppl_set if n in presses]:
         ppl[name] = evaluate.compressed_perplexity(model, presses[name], test_ids, s["ppl_context"], s["ppl_segment"],
                                                    s["ppl_windows"])
@@ -212,10 +222,11 @@ def markdown(r: dict) -> str:
             "Layer-wise reconstruction training (float latents: alternating least squares on the exact loss over all "
             "calibration tokens; 4-bit: Adam with fake-quantised latents). Errors are relative squared errors of "
             "the float-latent reconstruction, averaged over the 30 layers.", "",
-            "| factors | bits (training) | mean rel. err K before -> after | V before -> after | seconds | cached |",
-            "|---|---|---|---|---|---|"]
+            "| factors | ranks | bits (training) | mean rel. err K before -> after | V before -> after | seconds | "
+            "cached |", "|---|---|---|---|---|---|---|"]
     for n, v in r["cskv_training"].items():
-        out.append(f"| {n} | {v['bits']} | {v['k_err_before']:.3f} -> {v['k_err_after']:.3f} | "
+        out.append(f"| {n} | {v.get('allocation', 'uniform')} | {v['bits']} | "
+                   f"{v['k_err_before']:.3f} -> {v['k_err_after']:.3f} | "
                    f"{v['v_err_before']:.3f} -> {v['v_err_after']:.3f} | {v['seconds']:.0f} | {v['loaded']} |")
     out += ["", "## Targets", "", "| target | value | op | goal | passed |", "|---|---|---|---|---|"]
     out += [f"| {t['name']} | {t['value']:.4f} | {t['op']} | {t['target']:.4f} | {'yes' if t['passed'] else 'NO'} |"
@@ -225,9 +236,13 @@ def markdown(r: dict) -> str:
             "- think40/think50: ThinK with 40%/50% of key channels removed (paper defaults: 32 observation queries, "
             "32 most recent tokens unpruned). `_r0` uses kvpress's settings (no recent window) and should match "
             "kvpress_think40 up to float error; kvpress zeroes channels, so its cache stays full size.",
-            f"- cskv80 uses K/V latent densities {kd}/{vd} of the 192 stacked KV channels (chosen on WikiText-2 "
-            "valid); cskv50 uses 0.5/0.5. Savings are relative to the fp32 cache; against a 16-bit cache the 4-bit "
-            "latents would save less (scales and the full-precision window weigh more).",
+            f"- cskv80 stores K/V latents of {kd}/{vd} of the 192 stacked KV channels on average; cskv50 0.5/0.5. "
+            "*uniform* ranks are the paper's (the same rank in every layer); *adaptive* ranks store the same total "
+            "latent channels, spread over layers and K/V by the calibration spectra (cskv_train.allocate_ranks, key "
+            f"errors weighted {KEY_WEIGHT}x), so the memory is the same. Every CSKV row keeps the first 4 tokens (the "
+            "attention sink) as original keys and values, except cskv80_nosink (the paper's layout). Savings are "
+            "relative to the fp32 cache; against a 16-bit cache the 4-bit latents would save less (scales and the "
+            "full-precision window weigh more).",
             f"- The cskv80_4bit row stores 4-bit latents (packed two per byte, fp16 group scales); in quick mode it "
             "reuses the float-trained factors, the full run trains them quantisation-aware.",
             "- thinK40+hh50 composes ThinK with heavy-hitter token eviction (50% of prompt tokens kept).",

@@ -18,7 +18,8 @@ class PruneConfig:
     keep_params: Optional[float] = field(default=None, metadata={"help": "instead of ratio: keep this params fraction"})
     criterion: str = field(default="l1", metadata={"help": "importance criterion (prunekit ls criteria)"})
     allocator: str = field(default="uniform", metadata={"help": "allocation policy (prunekit ls allocators)"})
-    round_to: Optional[int] = field(default=None, metadata={"help": "kept widths are multiples of this"})
+    round_to: Optional[str] = field(default=None, metadata={"help": "kept widths are multiples of this; 'auto': the "
+                                                                    "hardware's channel block (16 on AVX-512)"})
     max_ratio: Optional[float] = field(default=None, metadata={"help": "remove at most this fraction per group"})
     ignore: List[str] = field(default_factory=list, metadata={"help": "module name patterns to leave alone"})
     allow_inexact: bool = field(default=False, metadata={"help": "also prune LayerNorm'd channels (not exact)"})
@@ -36,6 +37,11 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 < v < 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1), got {v}")
+        if self.round_to is not None:
+            from ..allocate.hardware import resolve_round_to
+
+            if resolve_round_to(self.round_to) < 1:
+                raise ConfigError(f"round_to must be >= 1 or 'auto', got {self.round_to}")
 
 
 def add_arguments(parser) -> None:

@@ -3,9 +3,10 @@
 Each layer's key projection ``W_K [H_kv*D, d]`` (all key-value heads stacked, as the official code does) is factored
 as ``W_K ~= up_K @ down_K`` with ``down_K [r_K, d]`` and ``up_K [H_kv*D, r_K]``; the same for values. The cache stores
 the latents ``c = down @ x`` of old tokens (``[B, T, r]``, optionally quantised to 8 or 4 bits) and keeps the most
-recent tokens' original keys and values (the window; between ``window`` and ``2*window - 1`` tokens, flushed to the
-latents ``window`` tokens at a time). At attention time old keys are reconstructed pre-RoPE (``up_K @ c + b_K``) and
-rotated at their own positions; the value up-projection is absorbed into the output side, ``(P @ c_V) @ up_V^T``.
+recent tokens' original keys and values (the window: ``window`` tokens; with quantised latents between ``window`` and
+``2*window - 1``, flushed ``window`` tokens at a time so key scales cover whole blocks), and the first ``sink``
+tokens' originals. At attention time old keys are reconstructed pre-RoPE (``up_K @ c + b_K``) and rotated at their
+own positions; the value up-projection is absorbed into the output side, ``(P @ c_V) @ up_V^T``.
 
 Factors come from an SVD of the weights (``init="svd"``), from `prunekit.kvcache.cskv_train` (ASVD initialisation
 plus layer-wise reconstruction training), or from a folder saved by `prunekit.kvcache.cskv_train.save`.
@@ -58,26 +59,39 @@ class CSKVFactors:
     metadata: Dict[str, Any] = field(default_factory=dict)
 
     @property
-    def k_rank(self) -> int:
-        return self.layers[0]["k_down"].shape[0]
+    def k_ranks(self) -> List[int]:
+        return [layer["k_down"].shape[0] for layer in self.layers]
 
     @property
-    def v_rank(self) -> int:
-        return self.layers[0]["v_down"].shape[0]
+    def v_ranks(self) -> List[int]:
+        return [layer["v_down"].shape[0] for layer in self.layers]
+
+    @property
+    def total_rank(self) -> int:
+        """Latent channels stored per token over all layers (K + V): what the cache size is proportional to."""
+        return sum(self.k_ranks) + sum(self.v_ranks)
 
     def num_parameters(self) -> int:
         return sum(t.numel() for layer in self.layers for t in layer.values())
 
     @classmethod
-    def from_weights(cls, model: torch.nn.Module, k_rank: int, v_rank: int,
+    def from_weights(cls, model: torch.nn.Module, k_rank: Union[int, List[int]], v_rank: Union[int, List[int]],
                      act_scale: Optional[List[torch.Tensor]] = None, alpha: float = 0.5) -> "CSKVFactors":
-        """SVD (or ASVD with per-layer input magnitudes ``act_scale[i] [d]`` raised to `alpha`) of every layer."""
+        """SVD (or ASVD with per-layer input magnitudes ``act_scale[i] [d]`` raised to `alpha`) of every layer.
+
+        `k_rank` / `v_rank` are one rank for every layer or a list with one rank per layer."""
+        modules = hf_compat.attention_modules(model)
+        k_ranks = [k_rank] * len(modules) if isinstance(k_rank, int) else list(k_rank)
+        v_ranks = [v_rank] * len(modules) if isinstance(v_rank, int) else list(v_rank)
+        if len(k_ranks) != len(modules) or len(v_ranks) != len(modules):
+            raise ConfigError(f"CSKVFactors.from_weights: {len(k_ranks)} K / {len(v_ranks)} V ranks given for "
+                              f"{len(modules)} layers")
         layers = []
-        for index, module in enumerate(hf_compat.attention_modules(model)):
+        for index, module in enumerate(modules):
             _, k_proj, v_proj, _ = hf_compat.projections(module)
             scale = None if act_scale is None else act_scale[index].clamp_min(1e-6).pow(alpha)
-            k_down, k_up = svd_factors(k_proj.weight, k_rank, scale)
-            v_down, v_up = svd_factors(v_proj.weight, v_rank, scale)
+            k_down, k_up = svd_factors(k_proj.weight, k_ranks[index], scale)
+            v_down, v_up = svd_factors(v_proj.weight, v_ranks[index], scale)
             layers.append({"k_down": k_down, "k_up": k_up, "v_down": v_down, "v_up": v_up})
         init = "svd" if act_scale is None else "asvd"
         return cls(layers, {"k_rank": k_rank, "v_rank": v_rank, "init": init, "alpha": alpha})
@@ -98,10 +112,14 @@ class CSKVFactors:
                         f"not fit {kind}_proj {proj.out_features}x{proj.in_features}")
 
 
-def window_length(tokens: int, window: int) -> int:
-    """Tokens kept in full precision after a prefill of `tokens` (window..2*window-1, or all when fewer)."""
+def window_length(tokens: int, window: int, blocks: bool = True) -> int:
+    """Tokens kept in full precision out of `tokens` window tokens. With `blocks` (quantised latents, whose key
+    scales cover blocks of `window` tokens) old tokens leave in whole blocks, so window..2*window-1 stay; without,
+    exactly `window` stay (or all when fewer)."""
     if window == 0:
         return 0
+    if not blocks:
+        return min(tokens, window)
     return tokens if tokens < 2 * window else window + (tokens - window) % window
 
 
@@ -113,6 +131,10 @@ class CSKVPress(KVPress):
     Attributes:
         k_density / v_density: latent rank as a fraction of ``H_kv * D`` (KV reduction ~ 1 - (k + v) / 2).
         window: recent tokens kept as original keys and values (32 in the paper).
+        sink: the first tokens of the prompt kept as original keys and values (0 in the paper; default 4).
+            Language models park attention on the first token (the "attention sink"); its key is an outlier that
+            a low rank fitted to typical tokens reconstructs badly (on SmolLM2 10x the median error in middle
+            layers), and every query sees that error. Four tokens cost nothing on long contexts.
         bits: 16 keeps latents in the model dtype; 8 or 4 quantise them (keys per channel over blocks of `window`
             tokens, values per token in groups of `group_size` channels).
         group_size: value quantisation group.
@@ -123,6 +145,7 @@ class CSKVPress(KVPress):
     k_density: float = 0.5
     v_density: float = 0.5
     window: int = 32
+    sink: int = 4
     bits: int = 16
     group_size: int = 32
     factors: Optional[Union[str, CSKVFactors]] = field(default=None, repr=False)
@@ -135,6 +158,8 @@ class CSKVPress(KVPress):
             raise ConfigError(f"CSKVPress.bits must be 4, 8 or 16, got {self.bits}")
         if self.window < 0 or (self.bits < 16 and self.window < 1):
             raise ConfigError(f"CSKVPress.window must be >= 0 (>= 1 with quantisation), got {self.window}")
+        if self.sink < 0:
+            raise ConfigError(f"CSKVPress.sink must be >= 0, got {self.sink}")
         if isinstance(self.factors, str):
             from .cskv_train import load
 
@@ -150,10 +175,14 @@ class CSKVPress(KVPress):
         if self.factors is None:
             self.factors = CSKVFactors.from_weights(model, k_rank, v_rank)
         self.factors.check(model)
-        if (self.factors.k_rank, self.factors.v_rank) != (k_rank, v_rank):
+        # Factors may spread their ranks unevenly over layers and K/V (cskv_train's adaptive allocation), but they
+        # must store exactly the latent channels the densities ask for, so the cache saving is the nominal one.
+        budget = (k_rank + v_rank) * len(self.factors.layers)
+        if self.factors.total_rank != budget:
             raise ConfigError(
-                f"CSKVPress: factors have ranks K {self.factors.k_rank} / V {self.factors.v_rank} but k_density "
-                f"{self.k_density} / v_density {self.v_density} ask for {k_rank} / {v_rank}")
+                f"CSKVPress: factors store {self.factors.total_rank} latent channels per token (K ranks "
+                f"{self.factors.k_ranks}, V ranks {self.factors.v_ranks}) but k_density {self.k_density} / v_density "
+                f"{self.v_density} ask for {k_rank} + {v_rank} per layer, {budget} in all")
         dtype = next(model.parameters()).dtype
         self.factors.layers = [{k: v.to(dtype) for k, v in layer.items()} for layer in self.factors.layers]
 
@@ -172,16 +201,19 @@ class CSKVPress(KVPress):
         explicit = bool((valid.any(-1) & (lo != hi)).any())
         if not explicit:  # padding slots get the positions their slots imply (they are masked anyway)
             positions = slots[None, :] - offset[:, None]
+        sink = min(self.sink, length)
         store = {
+            "k_sink": call.key[:, :, :sink].clone(), "v_sink": call.value[:, :, :sink].clone(),
             "k_lat": None, "v_lat": None,
-            "k_win": call.key.clone(), "v_win": call.value.clone(),
-            "k_lat_win": call.hidden @ factors["k_down"].T, "v_lat_win": call.hidden @ factors["v_down"].T,
-            "pos_win": positions.to(torch.int32),
+            "k_win": call.key[:, :, sink:].clone(), "v_win": call.value[:, :, sink:].clone(),
+            "k_lat_win": call.hidden[:, sink:] @ factors["k_down"].T,
+            "v_lat_win": call.hidden[:, sink:] @ factors["v_down"].T,
+            "pos_win": positions[:, sink:].to(torch.int32),
             "pos_offset": None if explicit else offset,
             "pos_lat": positions[:, :0].to(torch.int32) if explicit else None,
         }
         layer = LatentLayer(length, store, self, factors)
-        layer.flush(length - window_length(length, self.window))
+        layer.flush(length - sink - window_length(length - sink, self.window, self.bits < 16))
         return layer
 
     def rope_for(self, call: AttentionCall, positions: torch.Tensor, like: torch.Tensor, offset_mode: bool):
@@ -199,10 +231,12 @@ class CSKVPress(KVPress):
 
 
 class LatentLayer(CompressedLayer):
-    """Bi-branch storage: latents ``k_lat [B, Tc, r_K]``, ``v_lat [B, Tc, r_V]`` (tensors or `QuantizedTensor`) for
+    """Bi-branch storage: the first slots' original post-RoPE ``k_sink, v_sink [B, H_kv, S, D]``, then latents
+    ``k_lat [B, Tc, r_K]``, ``v_lat [B, Tc, r_V]`` (tensors or `QuantizedTensor`) for
     the oldest ``Tc`` slots, and for the window slots the original post-RoPE ``k_win, v_win [B, H_kv, Tw, D]`` plus
     their latents ``k_lat_win, v_lat_win [B, Tw, r]`` (moved to the latents when flushed) and rotary positions
-    ``pos_win [B, Tw]``. Latent rotary positions are ``slot - pos_offset [B]`` or explicit ``pos_lat [B, Tc]``.
+    ``pos_win [B, Tw]``. Latent rotary positions are ``slot - pos_offset [B]`` (latent slots start after the sink)
+    or explicit ``pos_lat [B, Tc]``; attention runs over the slots in order: sink, latents, window.
     """
 
     def __init__(self, length: int, store: Dict[str, Any], press: CSKVPress, factors: Dict[str, torch.Tensor]):
@@ -217,6 +251,10 @@ class LatentLayer(CompressedLayer):
             return 0
         return k_lat.tokens if isinstance(k_lat, QuantizedTensor) else k_lat.shape[1]
 
+    @property
+    def n_sink(self) -> int:
+        return self.store["k_sink"].shape[2]
+
     def _pack(self, latents: torch.Tensor, kind: str):
         press = self.press
         if press.bits >= 16:
@@ -230,7 +268,7 @@ class LatentLayer(CompressedLayer):
         if n <= 0:
             return
         s = self.store
-        start = self.n_latent
+        start = self.n_sink + self.n_latent
         for kind in ("k", "v"):
             block = self._pack(s[f"{kind}_lat_win"][:, :n], kind)
             old = s[f"{kind}_lat"]
@@ -245,7 +283,7 @@ class LatentLayer(CompressedLayer):
         if s["pos_offset"] is not None:
             slots = torch.arange(start, start + n, device=block_pos.device)
             if not bool((block_pos == slots[None, :] - s["pos_offset"][:, None]).all()):
-                first = torch.arange(start, device=block_pos.device)[None, :] - s["pos_offset"][:, None]
+                first = torch.arange(self.n_sink, start, device=block_pos.device)[None, :] - s["pos_offset"][:, None]
                 s["pos_lat"], s["pos_offset"] = first.to(torch.int32), None
         if s["pos_offset"] is None:
             s["pos_lat"] = torch.cat([s["pos_lat"], block_pos], dim=1)
@@ -265,7 +303,7 @@ class LatentLayer(CompressedLayer):
         s["v_lat_win"] = torch.cat([s["v_lat_win"], call.hidden @ f["v_down"].T], dim=1)
         s["pos_win"] = torch.cat([s["pos_win"], call.position_ids.expand(bsz, q_len).to(torch.int32)], dim=1)
         self.length += q_len
-        n_lat, n_win = self.n_latent, s["k_win"].shape[2]
+        n_sink, n_lat, n_win = self.n_sink, self.n_latent, s["k_win"].shape[2]
         q = call.query.reshape(bsz, kv_heads, groups * q_len, dim)
         parts = [q @ s["k_win"].transpose(2, 3)]
         _, k_proj, v_proj, _ = hf_compat.projections(call.module)
@@ -275,21 +313,25 @@ class LatentLayer(CompressedLayer):
                 k_hat = k_hat + k_proj.bias
             k_hat = k_hat.view(bsz, n_lat, kv_heads, dim).transpose(1, 2)
             positions = (s["pos_lat"] if s["pos_offset"] is None else
-                         torch.arange(n_lat, device=q.device)[None, :] - s["pos_offset"][:, None])
+                         torch.arange(n_sink, n_sink + n_lat, device=q.device)[None, :] - s["pos_offset"][:, None])
             cos, sin = self.press.rope_for(call, positions, q, s["pos_offset"] is not None)
             k_hat = call.rotate(k_hat, cos, sin)
             parts.insert(0, q @ k_hat.transpose(2, 3))
-        logits = torch.cat(parts, dim=-1).view(bsz, kv_heads, groups, q_len, n_lat + n_win) * call.scaling
+        if n_sink:
+            parts.insert(0, q @ s["k_sink"].transpose(2, 3))
+        logits = torch.cat(parts, dim=-1).view(bsz, kv_heads, groups, q_len, self.length) * call.scaling
         if not call.attends_everything():
             allowed = call.allowed(self.length)[:, :, None]  # [B|1, 1, 1, q, L]
             logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         probs = logits.softmax(-1, dtype=torch.float32).to(q.dtype).view(bsz, kv_heads, groups * q_len, -1)
-        out = probs[..., n_lat:] @ s["v_win"]
+        out = probs[..., n_sink + n_lat:] @ s["v_win"]
+        if n_sink:
+            out = out + probs[..., :n_sink] @ s["v_sink"]
         if n_lat:
-            p_lat = probs[..., :n_lat]
+            p_lat = probs[..., n_sink:n_sink + n_lat]
             mixed = p_lat @ self._latents("v", q.dtype)[:, None]  # [B, H_kv, G*q, r_V]
             out = out + torch.einsum("bhnr,hdr->bhnd", mixed, f["v_up"].view(kv_heads, dim, -1))
             if v_proj.bias is not None:
                 out = out + p_lat.sum(-1, keepdim=True) * v_proj.bias.view(1, kv_heads, 1, dim)
-        self.flush(n_win - window_length(n_win, self.press.window))
+        self.flush(n_win - window_length(n_win, self.press.window, self.press.bits < 16))
         return out.view(bsz, heads, q_len, dim)

@@ -44,6 +44,11 @@ class TrainConfig:
         init: ``"asvd"`` or ``"svd"``. alpha: ASVD exponent.
         bits: 16, or 8 / 4 for quantisation-aware training. window / group_size: the quantisation layout of the press.
         seed: sampling seed.
+        allocation: ``"uniform"`` (the same K and V rank in every layer, as the paper) or ``"adaptive"`` (the same
+            total latent channels, spread over layers and K/V where they remove the most reconstruction error; see
+            `allocate_ranks`).
+        key_weight: adaptive allocation only: how much a unit of relative key error counts against one of value
+            error (key errors pass through the softmax's exponential).
     """
 
     optimizer: str = "als"
@@ -56,8 +61,15 @@ class TrainConfig:
     window: int = 32
     group_size: int = 32
     seed: int = 0
+    allocation: str = "uniform"
+    key_weight: float = 3.0
 
     def __post_init__(self) -> None:
+        if self.allocation not in ("uniform", "adaptive"):
+            raise ConfigError(f"cskv_train.TrainConfig.allocation must be 'uniform' or 'adaptive', got "
+                              f"{self.allocation!r}")
+        if self.key_weight <= 0:
+            raise ConfigError(f"cskv_train.TrainConfig.key_weight must be > 0, got {self.key_weight}")
         if self.optimizer not in ("als", "adam"):
             raise ConfigError(f"cskv_train.TrainConfig.optimizer must be 'als' or 'adam', got {self.optimizer!r}")
         if self.init not in ("svd", "asvd"):
@@ -143,6 +155,34 @@ def _moment_root(second: torch.Tensor) -> torch.Tensor:
     """``R [d, d]`` with ``R R^T = E[x x^T]`` (symmetric square root), so the MSE is ``||(W - up down) R||^2 / out``."""
     values, vectors = torch.linalg.eigh(second.double())
     return (vectors * values.clamp_min(0).sqrt()[None, :]).float()
+
+
+def allocate_ranks(model: torch.nn.Module, stats: List[Dict[str, torch.Tensor]], k_rank: int, v_rank: int,
+                   key_weight: float = 3.0):
+    """Per-layer K and V ranks with the same total as `k_rank` / `v_rank` in every layer, chosen to minimise the
+    summed relative reconstruction errors (key errors weighted by `key_weight`).
+
+    With ``S = E[x x^T] = R R^T``, the best rank-r error of ``W x`` is the tail ``sum_{i>r} s_i^2`` of the singular
+    values of ``W R``. Those tails are convex in r, so taking the largest normalised ``s_i^2`` over all layers and
+    both kinds (every factor keeps at least rank 1) is the optimal allocation of the budget.
+
+    Returns:
+        ``(k_ranks, v_ranks)``, one int per layer.
+    """
+    modules = hf_compat.attention_modules(model)
+    candidates = []  # (weighted share of the error removed by one more rank, layer, kind)
+    for index, module in enumerate(modules):
+        _, k_proj, v_proj, _ = hf_compat.projections(module)
+        root = _moment_root(stats[index]["second"]).double()
+        for kind, weight in (("k", k_proj.weight), ("v", v_proj.weight)):
+            energy = torch.linalg.svdvals(weight.detach().double() @ root).pow(2)
+            share = energy / energy.sum().clamp_min(1e-30) * (key_weight if kind == "k" else 1.0)
+            candidates += [(float(v), index, kind) for v in share[1:]]
+    spare = (k_rank + v_rank - 2) * len(modules)
+    ranks = {"k": [1] * len(modules), "v": [1] * len(modules)}
+    for _, index, kind in sorted(candidates, key=lambda c: c[0], reverse=True)[:spare]:
+        ranks[kind][index] += 1
+    return ranks["k"], ranks["v"]
 
 
 def relative_errors(stats: Dict[str, torch.Tensor], k_weight: torch.Tensor, v_weight: torch.Tensor,
@@ -280,7 +320,10 @@ def _fit(model, stats, k_rank: int, v_rank: int, cfg: TrainConfig, bar) -> CSKVF
     """Initialise and train every layer, recording relative errors before and after."""
     modules = hf_compat.attention_modules(model)
     scales = [entry["absmean"] for entry in stats] if cfg.init == "asvd" else None
-    factors = CSKVFactors.from_weights(model, k_rank, v_rank, scales, cfg.alpha)
+    k_ranks, v_ranks = k_rank, v_rank
+    if cfg.allocation == "adaptive":
+        k_ranks, v_ranks = allocate_ranks(model, stats, k_rank, v_rank, cfg.key_weight)
+    factors = CSKVFactors.from_weights(model, k_ranks, v_ranks, scales, cfg.alpha)
     gen = torch.Generator().manual_seed(cfg.seed)
     task = bar.add_task("CSKV layer-wise training", total=len(modules) * max(cfg.steps, 1), info="")
     report = []
@@ -303,7 +346,8 @@ def _fit(model, stats, k_rank: int, v_rank: int, cfg: TrainConfig, bar) -> CSKVF
         after = relative_errors(stats[index], k_proj.weight, v_proj.weight, factors.layers[index])
         report.append({"layer": index, "k_before": before["k"], "v_before": before["v"],
                        "k_after": after["k"], "v_after": after["v"]})
-    factors.metadata["layers"] = report
+    factors.metadata.update(layers=report, allocation=cfg.allocation, k_ranks=factors.k_ranks,
+                            v_ranks=factors.v_ranks)
     return factors
 
 

@@ -220,3 +220,27 @@ def test_select_lowest_scores():
         keep[idx] = False
         assert len(idx) == alloc[gid] and scores[gid][idx].max() <= scores[gid][keep].min()
     assert math.isclose(sum(alloc.values()), int(0.4 * 51))
+
+
+def test_round_to_auto_uses_the_hardware_channel_block(monkeypatch):
+    from prunekit.allocate import hardware
+
+    for capability, block in (("AVX512", 16), ("AVX2", 8), ("DEFAULT", 8)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert hardware.simd_channels("cpu") == block
+        assert hardware.resolve_round_to("auto", torch.nn.Linear(2, 2)) == block
+    assert hardware.simd_channels("cuda") == 8
+    assert hardware.resolve_round_to("16") == 16 and hardware.resolve_round_to(None) is None
+    with pytest.raises(ConfigError, match="round_to"):
+        hardware.resolve_round_to("fast")
+    # through the API: kept widths are multiples of the resolved block, recorded in the plan
+    import prunekit
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    model = resnet20()
+    x = torch.randn(2, 3, 32, 32)
+    plan = prunekit.plan(model, x, ratio=0.6, round_to="auto")
+    assert plan.provenance["round_to"] == 16
+    for group_id, removed in plan.removed.items():
+        kept = plan.group_sizes[group_id] - len(removed)
+        assert kept % 16 == 0 or not removed, (group_id, kept)

@@ -13,14 +13,15 @@ from .test_think import ARCHS, continuation_logits, padded_batch, tiny_model
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("left", [True, False])
-def test_full_rank_matches_uncompressed(arch, left):
+@pytest.mark.parametrize("sink", [0, 4])
+def test_full_rank_matches_uncompressed(arch, left, sink):
     model = tiny_model(arch)
     ids, mask = padded_batch(length=60, left=left)
     _, ref, _ = continuation_logits(model, None, ids, mask, 44)
-    press = CSKVPress(k_density=1.0, v_density=1.0, window=4)
+    press = CSKVPress(k_density=1.0, v_density=1.0, window=4, sink=sink)
     _, out, cache = continuation_logits(model, press, ids, mask, 44)
     layer = cache.layers[0]
-    assert isinstance(layer, LatentLayer) and layer.n_latent > 0
+    assert isinstance(layer, LatentLayer) and layer.n_latent > 0 and layer.n_sink == sink
     valid = mask[:, 44:].bool()
     torch.testing.assert_close(out[valid], ref[valid], atol=2e-5, rtol=1e-5)
 
@@ -36,13 +37,32 @@ def test_full_rank_generate_is_identical(arch):
     assert torch.equal(ref, out)
 
 
+def test_sink_tokens_are_stored_exactly():
+    """Low rank with a sink: the first tokens' keys/values are the originals, so a continuation that can only see
+    the sink (the rest masked by a left-padded prompt) is exact, and the sink is counted in the cache's storage."""
+    model = tiny_model("llama")
+    ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(3))
+    press = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=4)
+    _, out, cache = continuation_logits(model, press, ids, torch.ones_like(ids), 30)
+    layer = cache.layers[0]
+    assert layer.n_sink == 4 and layer.store["k_sink"].shape[2] == 4
+    assert layer.nbytes() >= layer.store["k_sink"].numel() * 4 * 2
+    with torch.no_grad():
+        full = model(ids[:, :30], use_cache=True).past_key_values
+    torch.testing.assert_close(layer.store["k_sink"], full.layers[0].keys[:, :, :4])
+    torch.testing.assert_close(layer.store["v_sink"], full.layers[0].values[:, :, :4])
+    with pytest.raises(ConfigError, match="sink"):
+        CSKVPress(sink=-1)
+
+
 def test_window_flushes_whole_blocks():
     assert [window_length(t, 8) for t in (5, 15, 16, 17, 24, 70)] == [5, 15, 8, 9, 8, 14]
+    assert [window_length(t, 8, blocks=False) for t in (5, 15, 70)] == [5, 8, 8]
     assert window_length(33, 0) == 0
     model = tiny_model("llama")
     ids = torch.randint(1, 256, (1, 70))
     cache = new_cache(model)
-    with torch.no_grad(), CSKVPress(k_density=0.5, v_density=0.5, window=8)(model):
+    with torch.no_grad(), CSKVPress(k_density=0.5, v_density=0.5, window=8, sink=0, bits=8)(model):
         model(ids[:, :50], past_key_values=cache)
         assert cache.layers[0].n_latent == 40 and cache.layers[0].store["k_win"].shape[2] == 10
         for step in range(6):  # 10 + 6 = 16 window tokens -> one block of 8 is flushed
@@ -162,7 +182,7 @@ def test_low_rank_cache_equals_reconstructed_full_cache():
 
     model = tiny_model("qwen2")  # biases on k/v projections
     ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(8))
-    press = CSKVPress(k_density=0.25, v_density=0.5, window=0)
+    press = CSKVPress(k_density=0.25, v_density=0.5, window=0, sink=0)
     _, out, cache_c = continuation_logits(model, press, ids, torch.ones_like(ids), 30)
     inputs = {}
     hooks = [layer.self_attn.k_proj.register_forward_pre_hook(
@@ -182,3 +202,42 @@ def test_low_rank_cache_equals_reconstructed_full_cache():
         ref = model(ids[:, 30:], past_key_values=cache).logits
     assert cache_c.layers[0].n_latent == 40  # window 0: everything (context and continuation) ends as latents
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_adaptive_ranks_keep_the_budget_and_lower_the_error(tmp_path):
+    """Adaptive allocation stores exactly the uniform budget of latent channels, spends it where the whitened
+    spectra say it removes the most error (lower summed weighted error than uniform), and round-trips to disk."""
+    model = tiny_model("llama")
+    n_layers = len(model.model.layers)
+    calib = torch.randint(1, 256, (4, 64), generator=torch.Generator().manual_seed(9))
+    stats = cskv_train.collect_attention_inputs(model, calib)
+    k_ranks, v_ranks = cskv_train.allocate_ranks(model, stats, 8, 8, key_weight=2.0)
+    assert sum(k_ranks) + sum(v_ranks) == n_layers * 16 and min(k_ranks + v_ranks) >= 1
+    cfg = {"steps": 0, "init": "svd"}
+    uniform = cskv_train.fit(model, stats, 0.25, 0.25, cskv_train.TrainConfig(**cfg), progress=False)
+    adaptive = cskv_train.fit(model, stats, 0.25, 0.25,
+                              cskv_train.TrainConfig(**cfg, allocation="adaptive", key_weight=2.0), progress=False)
+
+    def weighted_error(factors):
+        total = 0.0
+        for index, layer in enumerate(factors.layers):
+            attn = model.model.layers[index].self_attn
+            # the optimal (whitened) factors of each rank, so the comparison is about the allocation alone
+            for kind, proj, weight in (("k", attn.k_proj, 2.0), ("v", attn.v_proj, 1.0)):
+                root = cskv_train._moment_root(stats[index]["second"]).double()
+                sv = torch.linalg.svdvals(proj.weight.detach().double() @ root).pow(2)
+                total += weight * float(sv[layer[f"{kind}_down"].shape[0]:].sum() / sv.sum())
+        return total
+
+    assert adaptive.k_ranks == k_ranks and adaptive.v_ranks == v_ranks
+    assert weighted_error(adaptive) <= weighted_error(uniform) + 1e-9
+    cskv_train.save(adaptive, tmp_path / "a")
+    loaded = cskv_train.load(tmp_path / "a")
+    assert loaded.k_ranks == k_ranks and loaded.metadata["allocation"] == "adaptive"
+    ids = torch.randint(1, 256, (1, 40))
+    out = continuation_logits(model, CSKVPress(k_density=0.25, v_density=0.25, window=4, factors=loaded), ids,
+                              torch.ones_like(ids), 30)[1]
+    assert torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="latent channels"):
+        with CSKVPress(k_density=0.25, v_density=0.5, factors=loaded)(model):
+            pass

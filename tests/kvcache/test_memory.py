@@ -50,12 +50,16 @@ def test_think_bytes_match_compact_layout_and_real_storage():
     assert abs((1 - expected / full) - 0.25 * old / T) < 0.01  # keys halved on old tokens: ~25% saving
 
 
-@pytest.mark.parametrize("bits", [16, 4])
-def test_cskv_bytes_match_latent_layout(bits):
+@pytest.mark.parametrize("bits,sink", [(16, 0), (4, 0), (16, 4), (4, 4)])
+def test_cskv_bytes_match_latent_layout(bits, sink):
     model = tiny_model()
-    cache = prefill(model, CSKVPress(k_density=0.25, v_density=0.25, window=8, bits=bits))
-    r, n_lat, n_win = 8, 88, 12  # rank 0.25 * 32; window_length(100, 8) = 12
+    cache = prefill(model, CSKVPress(k_density=0.25, v_density=0.25, window=8, bits=bits, sink=sink))
+    # rank 0.25 * 32; 100 prompt tokens = sink + latents + window. Quantised latents leave the window in blocks of
+    # 8: window_length(100, 8) = 12, (96, 8) = 8; float latents leave one by one: 8 stay.
+    n_win = 8 if bits == 16 or sink == 4 else 12
+    r, n_lat = 8, 100 - sink - n_win
     window = n_win * (2 * KV * D * 4 + 2 * r * 4 + 4)  # original K, V, pending latents, int32 positions
+    window += sink * 2 * KV * D * 4  # the sink's original K and V
     if bits == 16:
         latents = 2 * n_lat * r * 4
     else:
