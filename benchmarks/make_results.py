@@ -15,6 +15,7 @@ SECTIONS = [
     ("results_cifar.md", "Sparsity training, group pruning and distillation on CIFAR-10 (benchmarks/pipeline_cifar.py)"),
     ("results_detect.md", "Detection (benchmarks/pipeline_detect.py)"),
     ("results_kvcache.md", "KV-cache compression on SmolLM2-135M (benchmarks/kvcache.py)"),
+    ("results_kvcache_quick.md", "KV-cache compression, quick mode (benchmarks/kvcache.py --quick)"),
 ]
 
 
