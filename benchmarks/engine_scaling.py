@@ -81,7 +81,7 @@ def time_prunekit(layers: int, repeats: int = 1, profiler: Any = None) -> Dict[s
 def tp_step(layers: int, variant: str = "example") -> Dict[str, Any]:
     """Torch-Pruning on a fresh stack: ``example`` uses the zoo's settings of its LLM example; ``no_attention_roots``
     also leaves q/k/v projections out of the roots. Returns the seconds of pruner construction and step."""
-    from engine_zoo import tp_pruner
+    from _zoo_torch_pruning import tp_pruner
 
     import torch_pruning as tp
 
