@@ -56,6 +56,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
                 styles: Optional[Sequence[Optional[str]]] = None) -> None:
     """Print a rich table; `rows` are sequences of cell values formatted with `fmt`."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
@@ -63,7 +64,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
         table.add_column(column, justify="left" if i == 0 else "right")
     for i, row in enumerate(rows):
         style = styles[i] if styles is not None and i < len(styles) else None
-        table.add_row(*[fmt(v) for v in row], style=style)
+        table.add_row(*[escape(fmt(v)) for v in row], style=style)  # cells are text, never markup
     Console(width=200).print(table)
 
 

@@ -46,7 +46,7 @@ def scaling(tmp_path_factory) -> dict:
 def latency(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("latency") / "latency.json"
     return _run("engine_latency.py", out, "--quick", "--models", "cifar_resnet56_b", "--rounds", "2",
-                "--resnet-batches", "1")
+                "--resnet-batches", "1", "--plans", "simd")
 
 
 def test_zoo_prunekit_prunes_every_case_exactly(zoo):
