@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 OPS = (">=", "<=")
 THREADS_HELP = ("torch (and onnxruntime) intra-op threads; default 1: on a shared 2-core machine two OpenMP threads "
@@ -145,6 +145,19 @@ def run_python(code: str, timeout_s: float, env: Optional[Dict[str, str]] = None
             continue
     return {"timed_out": False, "seconds": time.perf_counter() - start, "result": result,
             "stderr": proc.stderr[-2000:], "returncode": proc.returncode}
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
+                   cell: Callable[[Any], str] = lambda v: v if isinstance(v, str) else fmt(v, 3)) -> List[str]:
+    """A markdown table (header, rule, one line per row) as lines; non-string cells go through `cell`."""
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] +
+            ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def markdown_targets(targets: Sequence[Dict[str, Any]]) -> List[str]:
+    """One bullet per target: name, measured value, goal, met or MISSED."""
+    return [f"- {t['name']} = {fmt(t['value'], 3)} (target {t['op']} {fmt(t['target'])}): "
+            f"{'met' if t['passed'] else 'MISSED'}" for t in targets]
 
 
 def update_doc_section(path: str | os.PathLike, key: str, title: str, body: str) -> Path:

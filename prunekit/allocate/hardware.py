@@ -18,12 +18,8 @@ AUTO = "auto"
 
 def simd_channels(device: Optional[Union[str, torch.device]] = None) -> int:
     """The channel block of `device` (default: the CPU): 16 on AVX-512 CPUs, 8 on CUDA and on other CPUs."""
-    device = torch.device(device or "cpu")
-    if device.type == "cuda":
-        return 8
-    if device.type == "cpu":
-        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-        return 16 if capability.startswith("AVX512") else 8
+    if torch.device(device or "cpu").type == "cpu":
+        return 16 if str(torch.backends.cpu.get_cpu_capability()).upper().startswith("AVX512") else 8
     return 8
 
 

@@ -30,6 +30,12 @@ def rank_for(density: float, kv_dim: int) -> int:
     return max(1, min(kv_dim, int(round(density * kv_dim))))
 
 
+def latent_ranks(model: torch.nn.Module, k_density: float, v_density: float):
+    """``(k_rank, v_rank)`` per layer for densities of the model's stacked ``H_kv * D`` key/value channels."""
+    _, kv_heads, head_dim = hf_compat.head_layout(hf_compat.attention_modules(model)[0])
+    return rank_for(k_density, kv_heads * head_dim), rank_for(v_density, kv_heads * head_dim)
+
+
 def svd_factors(weight: torch.Tensor, rank: int, scale: Optional[torch.Tensor] = None):
     """Truncated SVD ``weight [out, d] ~= up [out, r] @ down [r, d]`` (ASVD when `scale` ``[d]`` is given).
 
@@ -166,12 +172,8 @@ class CSKVPress(KVPress):
             self.factors = load(self.factors)
         self._rope_memo = None
 
-    def ranks(self, model: torch.nn.Module):
-        _, kv_heads, head_dim = hf_compat.head_layout(hf_compat.attention_modules(model)[0])
-        return rank_for(self.k_density, kv_heads * head_dim), rank_for(self.v_density, kv_heads * head_dim)
-
     def prepare(self, model: torch.nn.Module) -> None:
-        k_rank, v_rank = self.ranks(model)
+        k_rank, v_rank = latent_ranks(model, self.k_density, self.v_density)
         if self.factors is None:
             self.factors = CSKVFactors.from_weights(model, k_rank, v_rank)
         self.factors.check(model)

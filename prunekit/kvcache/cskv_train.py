@@ -26,7 +26,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_text, load_tensors, save_tensors
 from . import hf_compat
-from .cskv import CSKVFactors, rank_for
+from .cskv import CSKVFactors, latent_ranks
 from .quant import fake_quantize
 
 FACTORS_FILE, META_FILE = "factors.safetensors", "cskv.json"
@@ -273,11 +273,6 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not enabled)
 
 
-def _ranks(model: torch.nn.Module, k_density: float, v_density: float):
-    _, kv_heads, head_dim = hf_compat.head_layout(hf_compat.attention_modules(model)[0])
-    return rank_for(k_density, kv_heads * head_dim), rank_for(v_density, kv_heads * head_dim)
-
-
 def train(model: torch.nn.Module, calib_ids: torch.Tensor, k_density: float, v_density: float,
           cfg: Optional[TrainConfig] = None, progress: bool = True) -> CSKVFactors:
     """Initialise (ASVD/SVD) and train CSKV factors layer by layer on calibration text.
@@ -296,7 +291,7 @@ def train(model: torch.nn.Module, calib_ids: torch.Tensor, k_density: float, v_d
         raise ConfigError("cskv_train: quantisation-aware training needs optimizer='adam'")
     with _progress(progress) as bar:
         stats = collect_attention_inputs(model, calib_ids, _InfoProgress(bar), keep_inputs=cfg.bits < 16)
-        factors = _fit(model, stats, *_ranks(model, k_density, v_density), cfg, bar)
+        factors = _fit(model, stats, *latent_ranks(model, k_density, v_density), cfg, bar)
     factors.metadata.update({"k_density": k_density, "v_density": v_density, "train": asdict(cfg),
                              "calib_tokens": int(calib_ids.numel())})
     return factors
@@ -311,7 +306,7 @@ def fit(model: torch.nn.Module, stats: List[Dict[str, torch.Tensor]], k_density:
     if cfg.bits < 16 and "inputs" not in stats[0]:
         raise ConfigError("cskv_train.fit: quantisation-aware training needs stats collected with keep_inputs=True")
     with _progress(progress) as bar:
-        factors = _fit(model, stats, *_ranks(model, k_density, v_density), cfg, bar)
+        factors = _fit(model, stats, *latent_ranks(model, k_density, v_density), cfg, bar)
     factors.metadata.update({"k_density": k_density, "v_density": v_density, "train": asdict(cfg)})
     return factors
 
@@ -346,8 +341,7 @@ def _fit(model, stats, k_rank: int, v_rank: int, cfg: TrainConfig, bar) -> CSKVF
         after = relative_errors(stats[index], k_proj.weight, v_proj.weight, factors.layers[index])
         report.append({"layer": index, "k_before": before["k"], "v_before": before["v"],
                        "k_after": after["k"], "v_after": after["v"]})
-    factors.metadata.update(layers=report, allocation=cfg.allocation, k_ranks=factors.k_ranks,
-                            v_ranks=factors.v_ranks)
+    factors.metadata.update(layers=report, allocation=cfg.allocation)
     return factors
 
 

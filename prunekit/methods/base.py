@@ -280,6 +280,21 @@ class Recipe:
         shutil.rmtree(folder)
 
 
+class SparsePruneFinetuneRecipe(Recipe):
+    """The three stages both seed papers share: sparse training (section ``stage1``), pruning by scaling factor
+    (``stage2``, the recipe's `prune`), fine-tuning with distillation from the sparse model (``stage3``)."""
+
+    def stages(self) -> List[Stage]:
+        from .cifar import finetune_stage, sparse_train_stage
+
+        return [Stage("sparse", ("stage1",), lambda ctx: sparse_train_stage(ctx, self.config.stage1)),
+                Stage("prune", ("stage2",), self.prune),
+                Stage("finetune", ("stage3",), lambda ctx: finetune_stage(ctx, self.config.stage3))]
+
+    def prune(self, ctx: StageContext) -> StageOutput:
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------------------------- shared pruning step
 
 

@@ -30,7 +30,7 @@ from typing import Callable, ClassVar, Dict, List, Tuple
 from ..allocate.base import module_matches
 from ..allocate.scoped import Scoped, ScopedConfig
 from ..errors import ConfigError
-from .base import PruneStageConfig, Recipe, RecipeConfig, Stage, StageOutput, prune_with_folding
+from .base import PruneStageConfig, RecipeConfig, SparsePruneFinetuneRecipe, StageOutput, prune_with_folding
 from .cifar import FinetuneStageConfig, SparseStageConfig, adaptive_bn_loss, need
 
 SCOPE_TAG = "gcp_scope"
@@ -153,7 +153,7 @@ def search_multipliers(candidate_loss: Callable[[Dict[str, float]], float], scop
     return best, trace
 
 
-class GCPRecipe(Recipe):
+class GCPRecipe(SparsePruneFinetuneRecipe):
     """Paper 1 (GCP): dynamic sparse training, group channel pruning with bias folding, spatial attention
     distillation. Config: `GCPConfig`."""
 
@@ -161,14 +161,7 @@ class GCPRecipe(Recipe):
     Config = GCPConfig
     fidelity = "reconstructed (official code's rules; groups derived from the graph)"
 
-    def stages(self) -> List[Stage]:
-        from .cifar import finetune_stage, sparse_train_stage
-
-        return [Stage("sparse", ("stage1",), lambda ctx: sparse_train_stage(ctx, self.config.stage1)),
-                Stage("prune", ("stage2",), self._prune),
-                Stage("finetune", ("stage3",), lambda ctx: finetune_stage(ctx, self.config.stage3))]
-
-    def _prune(self, ctx) -> StageOutput:
+    def prune(self, ctx) -> StageOutput:
         import prunekit
 
         cfg = self.config.stage2

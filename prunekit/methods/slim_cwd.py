@@ -18,9 +18,9 @@ Fidelity: the sparse rule and pruning follow the author code; the CWD layers, ta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, List
+from typing import ClassVar
 
-from .base import PruneStageConfig, Recipe, RecipeConfig, Stage, StageOutput, prune_with_folding
+from .base import PruneStageConfig, RecipeConfig, SparsePruneFinetuneRecipe, StageOutput, prune_with_folding
 from .cifar import DistillConfig, FinetuneStageConfig, SparseStageConfig, need
 
 
@@ -74,7 +74,7 @@ class SlimCWDConfig(RecipeConfig):
     stage3: SlimFinetuneConfig = field(default_factory=SlimFinetuneConfig)
 
 
-class SlimCWDRecipe(Recipe):
+class SlimCWDRecipe(SparsePruneFinetuneRecipe):
     """Paper 3 (YOLOv8 compression framework): sparsity-aware training, BN-scale pruning (global or uniform) with
     bias folding, channel-wise distillation. Config: `SlimCWDConfig`."""
 
@@ -82,14 +82,7 @@ class SlimCWDRecipe(Recipe):
     Config = SlimCWDConfig
     fidelity = "as in the author code (stages 1-2); CWD settings reconstructed"
 
-    def stages(self) -> List[Stage]:
-        from .cifar import finetune_stage, sparse_train_stage
-
-        return [Stage("sparse", ("stage1",), lambda ctx: sparse_train_stage(ctx, self.config.stage1)),
-                Stage("prune", ("stage2",), self._prune),
-                Stage("finetune", ("stage3",), lambda ctx: finetune_stage(ctx, self.config.stage3))]
-
-    def _prune(self, ctx) -> StageOutput:
+    def prune(self, ctx) -> StageOutput:
         import prunekit
 
         cfg = self.config.stage2

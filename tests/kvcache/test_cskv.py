@@ -8,7 +8,7 @@ from prunekit.kvcache.cskv import CSKVFactors, CSKVPress, LatentLayer, svd_facto
 from prunekit.kvcache.hf_compat import new_cache
 from prunekit.kvcache.quant import cat_tokens, fake_quantize, quantize
 
-from .test_think import ARCHS, continuation_logits, padded_batch, tiny_model
+from .test_think import ARCHS, assert_generate_unchanged, continuation_logits, padded_batch, tiny_model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -28,22 +28,16 @@ def test_full_rank_matches_uncompressed(arch, left, sink):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_full_rank_generate_is_identical(arch):
-    model = tiny_model(arch)
-    ids, mask = padded_batch(length=40)
-    with torch.no_grad():
-        ref = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
-        with CSKVPress(k_density=1.0, v_density=1.0, window=4)(model):
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert torch.equal(ref, out)
+    assert_generate_unchanged(tiny_model(arch), CSKVPress(k_density=1.0, v_density=1.0, window=4), 40, 20)
 
 
 def test_sink_tokens_are_stored_exactly():
-    """Low rank with a sink: the first tokens' keys/values are the originals, so a continuation that can only see
-    the sink (the rest masked by a left-padded prompt) is exact, and the sink is counted in the cache's storage."""
+    """Low rank with a sink: the first tokens' keys/values are stored as the model computed them (not through the
+    low-rank factors), and they are counted in the cache's storage."""
     model = tiny_model("llama")
     ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(3))
     press = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=4)
-    _, out, cache = continuation_logits(model, press, ids, torch.ones_like(ids), 30)
+    cache = continuation_logits(model, press, ids, torch.ones_like(ids), 30)[2]
     layer = cache.layers[0]
     assert layer.n_sink == 4 and layer.store["k_sink"].shape[2] == 4
     assert layer.nbytes() >= layer.store["k_sink"].numel() * 4 * 2

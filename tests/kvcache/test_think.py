@@ -69,15 +69,20 @@ def test_ratio_zero_matches_uncompressed(arch, left):
     torch.testing.assert_close(rest[valid], ref_rest[valid], atol=1e-5, rtol=1e-5)
 
 
+def assert_generate_unchanged(model, press, length: int, new_tokens: int) -> None:
+    """Greedy generation on a left-padded batch gives the same tokens with `press` as without it."""
+    ids, mask = padded_batch(length=length)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        with press(model):
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=0)
+    assert torch.equal(ref, out)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ratio_zero_generate_is_identical(arch):
-    model = tiny_model(arch)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        ref = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
-        with ThinKPress(key_ratio=0.0, recent_size=8, window_size=8)(model):
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert torch.equal(ref, out)
+    assert_generate_unchanged(tiny_model(arch), ThinKPress(key_ratio=0.0, recent_size=8, window_size=8), 48, 12)
 
 
 def test_channel_score_matches_brute_force():
