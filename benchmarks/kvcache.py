@@ -49,17 +49,17 @@ def log(message: str) -> None:
 
 
 def factors_for(model, stats_fn, kd: float, vd: float, steps: int, calib_seq: int, bits: int, retrain: bool,
-                allocation: str = "adaptive"):
+                allocation: str = "adaptive", weighting: str = "attention"):
     """Trained CSKV factors (ALS for float latents, Adam QAT for 4 bits), loaded from the cache when present."""
     optimizer = "als" if bits >= 16 else "adam"
     folder = cache_root() / "kvcache" / (f"cskv_smollm2_k{kd}_v{vd}_b{bits}_{optimizer}{steps}_c{calib_seq}_"
-                                         f"{allocation}{KEY_WEIGHT if allocation == 'adaptive' else ''}")
+                                         f"{allocation}{KEY_WEIGHT if allocation == 'adaptive' else ''}_{weighting}")
     if (folder / cskv_train.META_FILE).is_file() and not retrain:
         log(f"loading CSKV factors from {folder}")
         return cskv_train.load(folder), True
     cfg = cskv_train.TrainConfig(optimizer=optimizer, steps=steps, bits=bits, lr=1e-3 if bits < 16 else 3e-3,
-                                 allocation=allocation, key_weight=KEY_WEIGHT)
-    factors = cskv_train.fit(model, stats_fn(bits < 16), kd, vd, cfg, progress=True)
+                                 allocation=allocation, key_weight=KEY_WEIGHT, weighting=weighting)
+    factors = cskv_train.fit(model, stats_fn(bits < 16, weighting), kd, vd, cfg, progress=True)
     factors.metadata["calib_tokens"] = calib_seq * 512
     cskv_train.save(factors, folder)
     return factors, False
@@ -77,6 +77,7 @@ def build_presses(factors: dict, kvpress_mod) -> dict:
         "cskv50": CSKVPress(k_density=0.5, v_density=0.5, factors=factors["cskv50"]),
         "cskv80_svd": CSKVPress(k_density=kd, v_density=vd),
         "cskv80_uniform": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80_uniform"]),
+        "cskv80_unweighted": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80_unweighted"]),
         "cskv80": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"]),
         "cskv80_nosink": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"], sink=0),
         "cskv80_4bit": CSKVPress(k_density=kd, v_density=vd, bits=4, factors=factors["cskv80_4bit"]),
@@ -108,24 +109,27 @@ def run(args) -> dict:
     calib = evaluate.calibration_ids(tokenizer, s["calib_seq"], 512, split="valid")
     cached_stats = {}
 
-    def stats_fn(keep_inputs: bool):
-        if keep_inputs not in cached_stats:
-            cached_stats[keep_inputs] = cskv_train.collect_attention_inputs(model, calib, keep_inputs=keep_inputs)
-        return cached_stats[keep_inputs]
+    def stats_fn(keep_inputs: bool, weighting: str):
+        if (keep_inputs, weighting) not in cached_stats:
+            cached_stats[keep_inputs, weighting] = cskv_train.collect_attention_inputs(
+                model, calib, keep_inputs=keep_inputs, weighting=weighting)
+        return cached_stats[keep_inputs, weighting]
 
     factors, train_info = {}, {}
     qat = s["qat_steps"] > 0
-    for name, (kd, vd, bits, allocation) in {"cskv50": (0.5, 0.5, 16, "adaptive"),
-                                             "cskv80_uniform": (*CSKV80, 16, "uniform"),
-                                             "cskv80": (*CSKV80, 16, "adaptive"),
-                                             "cskv80_4bit": (*CSKV80, 4 if qat else 16, "adaptive")}.items():
+    for name, (kd, vd, bits, allocation, weighting) in {
+            "cskv50": (0.5, 0.5, 16, "adaptive", "attention"),
+            "cskv80_uniform": (*CSKV80, 16, "uniform", "uniform"),
+            "cskv80_unweighted": (*CSKV80, 16, "adaptive", "uniform"),
+            "cskv80": (*CSKV80, 16, "adaptive", "attention"),
+            "cskv80_4bit": (*CSKV80, 4 if qat else 16, "adaptive", "attention")}.items():
         t0 = time.perf_counter()
         steps = s["qat_steps"] if bits < 16 else s["steps"]
         factors[name], loaded = factors_for(model, stats_fn, kd, vd, steps, s["calib_seq"], bits, args.retrain,
-                                            allocation)
+                                            allocation, weighting)
         layers = factors[name].metadata.get("layers", [])
         train_info[name] = {"seconds": time.perf_counter() - t0, "loaded": loaded, "bits": bits,
-                            "allocation": allocation,
+                            "allocation": allocation, "weighting": weighting,
                             "k_err_before": sum(r["k_before"] for r in layers) / max(len(layers), 1),
                             "k_err_after": sum(r["k_after"] for r in layers) / max(len(layers), 1),
                             "v_err_before": sum(r["v_before"] for r in layers) / max(len(layers), 1),
@@ -150,7 +154,7 @@ def run(args) -> dict:
 
     ppl = {}
     ppl_set = ["full", "think40", "think50", "think40_r0", "kvpress_think40", "think40+hh50", "cskv50",
-               "cskv80_svd", "cskv80_uniform", "cskv80_nosink", "cskv80", "cskv80_4bit"]
+               "cskv80_svd", "cskv80_uniform", "cskv80_unweighted", "cskv80_nosink", "cskv80", "cskv80_4bit"]
     for name in [n for n in ppl_set if n in presses]:
         ppl[name] = evaluate.compressed_perplexity(model, presses[name], test_ids, s["ppl_context"], s["ppl_segment"],
                                                    s["ppl_windows"])
@@ -221,11 +225,11 @@ def markdown(r: dict) -> str:
     out += ["", "## CSKV factors (calibrated on WikiText-2 valid)", "",
             "Layer-wise reconstruction training (float latents: alternating least squares on the exact loss over all "
             "calibration tokens; 4-bit: Adam with fake-quantised latents). Errors are relative squared errors of "
-            "the float-latent reconstruction, averaged over the 30 layers.", "",
-            "| factors | ranks | bits (training) | mean rel. err K before -> after | V before -> after | seconds | "
-            "cached |", "|---|---|---|---|---|---|---|"]
+            "the float-latent reconstruction under each row's own token weighting, averaged over the 30 layers.", "",
+            "| factors | ranks | token weights | bits (training) | mean rel. err K before -> after | V before -> after "
+            "| seconds | cached |", "|---|---|---|---|---|---|---|---|"]
     for n, v in r["cskv_training"].items():
-        out.append(f"| {n} | {v.get('allocation', 'uniform')} | {v['bits']} | "
+        out.append(f"| {n} | {v.get('allocation', 'uniform')} | {v.get('weighting', 'uniform')} | {v['bits']} | "
                    f"{v['k_err_before']:.3f} -> {v['k_err_after']:.3f} | "
                    f"{v['v_err_before']:.3f} -> {v['v_err_after']:.3f} | {v['seconds']:.0f} | {v['loaded']} |")
     out += ["", "## Targets", "", "| target | value | op | goal | passed |", "|---|---|---|---|---|"]
@@ -239,7 +243,10 @@ def markdown(r: dict) -> str:
             f"- cskv80 stores K/V latents of {kd}/{vd} of the 192 stacked KV channels on average; cskv50 0.5/0.5. "
             "*uniform* ranks are the paper's (the same rank in every layer); *adaptive* ranks store the same total "
             "latent channels, spread over layers and K/V by the calibration spectra (cskv_train.allocate_ranks, key "
-            f"errors weighted {KEY_WEIGHT}x), so the memory is the same. Every CSKV row keeps the first 4 tokens (the "
+            f"errors weighted {KEY_WEIGHT}x), so the memory is the same. *uniform* token weights are the paper's "
+            "(every calibration token counts the same); *attention* weights each token by the attention it receives "
+            "from queries at least a window later, i.e. while it is a latent (prunekit.kvcache.calibration). "
+            "Every CSKV row keeps the first 4 tokens (the "
             "attention sink) as original keys and values, except cskv80_nosink (the paper's layout). Savings are "
             "relative to the fp32 cache; against a 16-bit cache the 4-bit latents would save less (scales and the "
             "full-precision window weigh more).",

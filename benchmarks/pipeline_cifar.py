@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
 
 MODES = {
-    "quick": {"train_subset": 5000, "test_limit": 2000, "stage1_epochs": 1, "stage3_epochs": 1},
+    "quick": {"train_subset": 2500, "test_limit": 2000, "stage1_epochs": 1, "stage3_epochs": 1},
     "full": {"train_subset": None, "test_limit": None, "stage1_epochs": 40, "stage3_epochs": 40},
 }
 COMMON = {"keep_macs": 0.5, "lr": 0.01, "batch_size": 128, "max_ratio": 0.9, "tp_reg": 5e-4, "seed": 0}
@@ -235,7 +235,7 @@ def ablation_deltas(rows: List[Dict[str, Any]]):
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5k train images, 2k test images, 1+1 epochs")
+    parser.add_argument("--quick", action="store_true", help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
     parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<mode>)")

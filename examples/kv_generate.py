@@ -41,7 +41,8 @@ def main() -> None:
     # CSKV factors: layer-wise reconstruction training on WikiText-2 *valid* text, saved and reloaded
     calib = calibration_ids(tokenizer, 8, 512, split="valid")
     factors = cskv_train.train(model, calib, k_density=0.2, v_density=0.2,
-                               cfg=cskv_train.TrainConfig(allocation="adaptive"), progress=True)
+                               cfg=cskv_train.TrainConfig(allocation="adaptive", weighting="attention"),
+                               progress=True)
     with tempfile.TemporaryDirectory() as folder:
         cskv_train.save(factors, folder)
         presses = {"full cache": None,

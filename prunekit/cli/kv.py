@@ -34,12 +34,15 @@ def add_arguments(parser) -> None:
     ev.add_argument("--save-factors", default=None, help="cskv: folder to save trained factors into")
     ev.add_argument("--allocation", default="adaptive", choices=("adaptive", "uniform"),
                     help="cskv training: ranks spread over layers by the calibration spectra, or the same everywhere")
+    ev.add_argument("--weighting", default="attention", choices=("attention", "uniform"),
+                    help="cskv training: calibration tokens weighted by the attention they receive as latents, or "
+                         "all the same (the paper)")
     ev.add_argument("--no-baseline", action="store_true", help="skip the full-cache reference run")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def build_press(method: str, overrides, model=None, tokenizer=None, train_steps: int = 0, save_to=None,
-                allocation: str = "adaptive"):
+                allocation: str = "adaptive", weighting: str = "attention"):
     """A press from its registry name and ``key=value`` overrides (None for ``full``)."""
     from ..config import apply_overrides, from_dict
     from ..kvcache import PRESSES
@@ -56,7 +59,8 @@ def build_press(method: str, overrides, model=None, tokenizer=None, train_steps:
                                          cskv_train.TrainConfig(steps=train_steps, bits=press.bits,
                                                                 optimizer="als" if press.bits >= 16 else "adam",
                                                                 window=press.window, allocation=allocation,
-                                                                group_size=press.group_size))
+                                                                group_size=press.group_size, sink=press.sink,
+                                                                weighting=weighting))
         if save_to:
             cskv_train.save(press.factors, save_to)
     return press
@@ -93,7 +97,7 @@ def run(args) -> int:
     model = build(args.model, pretrained=True)
     tokenizer = load_tokenizer(args.model)
     press = build_press(args.method, args.overrides, model, tokenizer, args.train_steps, args.save_factors,
-                        args.allocation)
+                        args.allocation, args.weighting)
     runs = ([("full", None)] if not args.no_baseline and press is not None else []) + [(args.method, press)]
     ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=args.memory_tokens * 8)[None, :args.memory_tokens]
     table = Table(title=f"prunekit kv eval: {args.model}, task {args.task}")

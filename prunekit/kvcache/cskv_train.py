@@ -6,6 +6,8 @@ not see each other's errors), minimise::
 
     MSE(W_K x, up_K down_K x) + MSE(W_V x, up_V down_V x)
 
+averaged over calibration tokens, uniformly (the paper) or weighted by the attention each token receives as a latent
+(``weighting="attention"``, see `prunekit.kvcache.calibration`).
 The paper writes the key term after RoPE; RoPE rotates each (2i, 2i+1) pair of a key by an angle that depends only on
 its position, so it preserves squared errors and the two losses are equal. Factors start from ASVD (``init="asvd"``:
 SVD of ``W diag(mean|x|^alpha)``) or a plain SVD, and are trained with Adam. Because the loss is quadratic in ``x``,
@@ -26,6 +28,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_text, load_tensors, save_tensors
 from . import hf_compat
+from .calibration import WEIGHTINGS, collect_attention_inputs
 from .cskv import CSKVFactors, latent_ranks
 from .quant import fake_quantize
 
@@ -49,6 +52,9 @@ class TrainConfig:
             `allocate_ranks`).
         key_weight: adaptive allocation only: how much a unit of relative key error counts against one of value
             error (key errors pass through the softmax's exponential).
+        weighting: calibration token weights, ``"uniform"`` (the paper) or ``"attention"`` (each token weighted by
+            the attention it receives as a latent; `prunekit.kvcache.calibration`). sink: the press's exact first
+            tokens (given no weight by the attention weighting).
     """
 
     optimizer: str = "als"
@@ -63,6 +69,8 @@ class TrainConfig:
     seed: int = 0
     allocation: str = "uniform"
     key_weight: float = 3.0
+    weighting: str = "uniform"
+    sink: int = 4
 
     def __post_init__(self) -> None:
         if self.allocation not in ("uniform", "adaptive"):
@@ -70,6 +78,10 @@ class TrainConfig:
                               f"{self.allocation!r}")
         if self.key_weight <= 0:
             raise ConfigError(f"cskv_train.TrainConfig.key_weight must be > 0, got {self.key_weight}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"cskv_train.TrainConfig.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.sink < 0:
+            raise ConfigError(f"cskv_train.TrainConfig.sink must be >= 0, got {self.sink}")
         if self.optimizer not in ("als", "adam"):
             raise ConfigError(f"cskv_train.TrainConfig.optimizer must be 'als' or 'adam', got {self.optimizer!r}")
         if self.init not in ("svd", "asvd"):
@@ -78,62 +90,16 @@ class TrainConfig:
             raise ConfigError("cskv_train.TrainConfig: steps >= 0, lr > 0 and batch_tokens >= 1 are required")
 
 
-@torch.no_grad()
-def collect_attention_inputs(model: torch.nn.Module, ids: torch.Tensor, progress=None,
-                             keep_inputs: bool = False) -> List[Dict[str, torch.Tensor]]:
-    """Record every layer's attention-input statistics on calibration text.
-
-    Args:
-        model: the frozen causal LM. ids: ``[N, T]`` calibration token ids (one sequence per forward).
-        progress: optional progress object with ``add_task`` / ``advance``.
-        keep_inputs: also keep the raw inputs (needed for quantisation-aware training).
-
-    Returns:
-        One dict per layer: ``second [d, d]`` (float64 ``E[x x^T]``), ``absmean [d]`` (``E|x|``) and, with
-        `keep_inputs`, ``inputs [N, T, d]``.
-    """
-    modules = hf_compat.attention_modules(model)
-    stats: List[Dict[str, torch.Tensor]] = [{"second": 0.0, "absmean": 0.0, "inputs": []} for _ in modules]
-    handles = []
-
-    def record(index, x):
-        flat = x.detach().reshape(-1, x.shape[-1]).double()
-        stats[index]["second"] = stats[index]["second"] + flat.T @ flat
-        stats[index]["absmean"] = stats[index]["absmean"] + flat.abs().sum(0)
-        if keep_inputs:
-            stats[index]["inputs"].append(x.detach().clone())
-
-    for index, module in enumerate(modules):
-        _, k_proj, _, _ = hf_compat.projections(module)
-        handles.append(k_proj.register_forward_pre_hook(lambda mod, args, index=index: record(index, args[0])))
-    task = progress.add_task("CSKV calibration forwards", total=ids.shape[0]) if progress else None
-    try:
-        for row in range(ids.shape[0]):
-            model(ids[row:row + 1], use_cache=False)
-            if progress:
-                progress.advance(task)
-    finally:
-        for handle in handles:
-            handle.remove()
-    count = float(ids.numel())
-    out = []
-    for entry in stats:
-        item = {"second": entry["second"] / count, "absmean": (entry["absmean"] / count).float()}
-        if keep_inputs:
-            item["inputs"] = torch.cat(entry["inputs"], dim=0)
-        out.append(item)
-    return out
-
-
-def _sample(x: torch.Tensor, tokens: int, block: int, gen: torch.Generator) -> torch.Tensor:
-    """Random calibration batch ``[n_blocks, block, d]`` of contiguous token blocks from ``x [N, T, d]``."""
-    n_seq, length, dim = x.shape
+def _sample(x: torch.Tensor, weights: torch.Tensor, tokens: int, block: int, gen: torch.Generator):
+    """Random calibration batch ``[n_blocks, block, d]`` of contiguous token blocks from ``x [N, T, d]``, with the
+    tokens' weights ``[n_blocks, block]`` from ``weights [N, T]``."""
+    n_seq, length = x.shape[:2]
     block = min(block, length)
     n_blocks = max(1, tokens // block)
     seq = torch.randint(n_seq, (n_blocks,), generator=gen)
     start = torch.randint(length // block, (n_blocks,), generator=gen) * block
     index = start[:, None] + torch.arange(block)[None, :]
-    return x[seq[:, None], index]
+    return x[seq[:, None], index], weights[seq[:, None], index]
 
 
 def _reconstruct(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, kind: str, cfg: TrainConfig) -> torch.Tensor:
@@ -254,10 +220,12 @@ def train_layer(stats: Dict[str, torch.Tensor], k_weight: torch.Tensor, v_weight
                 approx = params[f"{kind}_up"] @ (params[f"{kind}_down"] @ root)
                 loss = loss + (targets[kind] - approx).pow(2).sum() / targets[kind].shape[0]
         else:
-            batch = _sample(stats["inputs"], cfg.batch_tokens, cfg.window, gen).float()
+            batch, token_weight = _sample(stats["inputs"], stats["weights"], cfg.batch_tokens, cfg.window, gen)
+            batch, token_weight = batch.float(), token_weight[..., None]
             for kind in ("k", "v"):
                 approx = _reconstruct(batch, params[f"{kind}_down"], params[f"{kind}_up"], kind, cfg)
-                loss = loss + torch.nn.functional.mse_loss(approx, batch @ weights[kind].T)
+                err = (approx - batch @ weights[kind].T).pow(2) * token_weight
+                loss = loss + err.sum() / (token_weight.sum().clamp_min(1e-30) * approx.shape[-1])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -290,7 +258,8 @@ def train(model: torch.nn.Module, calib_ids: torch.Tensor, k_density: float, v_d
     if cfg.bits < 16 and cfg.optimizer != "adam":
         raise ConfigError("cskv_train: quantisation-aware training needs optimizer='adam'")
     with _progress(progress) as bar:
-        stats = collect_attention_inputs(model, calib_ids, _InfoProgress(bar), keep_inputs=cfg.bits < 16)
+        stats = collect_attention_inputs(model, calib_ids, _InfoProgress(bar), keep_inputs=cfg.bits < 16,
+                                         weighting=cfg.weighting, sink=cfg.sink, window=cfg.window)
         factors = _fit(model, stats, *latent_ranks(model, k_density, v_density), cfg, bar)
     factors.metadata.update({"k_density": k_density, "v_density": v_density, "train": asdict(cfg),
                              "calib_tokens": int(calib_ids.numel())})
@@ -303,6 +272,10 @@ def fit(model: torch.nn.Module, stats: List[Dict[str, torch.Tensor]], k_density:
     cfg = cfg or TrainConfig()
     if cfg.bits < 16 and cfg.optimizer != "adam":
         raise ConfigError("cskv_train: quantisation-aware training needs optimizer='adam'")
+    collected = stats[0].get("weighting", "uniform")
+    if collected != cfg.weighting:
+        raise ConfigError(f"cskv_train.fit: the statistics were collected with weighting={collected!r} but the config "
+                          f"asks for {cfg.weighting!r}")
     if cfg.bits < 16 and "inputs" not in stats[0]:
         raise ConfigError("cskv_train.fit: quantisation-aware training needs stats collected with keep_inputs=True")
     with _progress(progress) as bar:
