@@ -147,6 +147,9 @@ def run_python(code: str, timeout_s: float, env: Optional[Dict[str, str]] = None
             "stderr": proc.stderr[-2000:], "returncode": proc.returncode}
 
 
+TARGET_COLUMNS = ("target", "value", "op", "goal", "passed")
+
+
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
                    cell: Callable[[Any], str] = lambda v: v if isinstance(v, str) else fmt(v, 3)) -> List[str]:
     """A markdown table (header, rule, one line per row) as lines; non-string cells go through `cell`."""

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import TARGET_COLUMNS, markdown_table  # noqa: E402
 
 from prunekit.io import atomic_write_text  # noqa: E402
 from prunekit.kvcache import cskv_train, evaluate  # noqa: E402
@@ -232,9 +235,9 @@ def markdown(r: dict) -> str:
         out.append(f"| {n} | {v.get('allocation', 'uniform')} | {v.get('weighting', 'uniform')} | {v['bits']} | "
                    f"{v['k_err_before']:.3f} -> {v['k_err_after']:.3f} | "
                    f"{v['v_err_before']:.3f} -> {v['v_err_after']:.3f} | {v['seconds']:.0f} | {v['loaded']} |")
-    out += ["", "## Targets", "", "| target | value | op | goal | passed |", "|---|---|---|---|---|"]
-    out += [f"| {t['name']} | {t['value']:.4f} | {t['op']} | {t['target']:.4f} | {'yes' if t['passed'] else 'NO'} |"
-            for t in r["targets"]]
+    out += ["", "## Targets", "", *markdown_table(
+        TARGET_COLUMNS, [[t["name"], f"{t['value']:.4f}", t["op"], f"{t['target']:.4f}", "yes" if t["passed"] else "NO"]
+                         for t in r["targets"]])]
     kd, vd = r["cskv80_densities"]
     out += ["", "## Notes", "",
             "- think40/think50: ThinK with 40%/50% of key channels removed (paper defaults: 32 observation queries, "

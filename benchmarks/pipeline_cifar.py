@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import print_table, print_targets, report, target, update_doc_section, write_json  # noqa: E402
+from _common import (TARGET_COLUMNS, markdown_table, print_table, print_targets, report, target,  # noqa: E402
+                     update_doc_section, write_json)
 
 MODES = {
     "quick": {"train_subset": 2500, "test_limit": 2000, "stage1_epochs": 1, "stage3_epochs": 1},
@@ -213,8 +214,8 @@ def markdown(rows: List[Dict[str, Any]], base: Dict[str, Any], targets, s: Dict[
     for r in rows:
         lines.append(f"| {r['label']} | {r['accuracy']:.4f} | {r['params']:,} | {r['macs']:,} | "
                      f"{r['macs'] / base['macs']:.3f} | {r['latency_ms']:.2f} | {r['epochs_total']} |")
-    lines += ["", "| target | value | op | goal | passed |", "|---|---|---|---|---|"]
-    lines += [f"| {t['name']} | {t['value']:.4g} | {t['op']} | {t['target']} | {t['passed']} |" for t in targets]
+    lines += ["", *markdown_table(TARGET_COLUMNS, [[t["name"], f"{t['value']:.4g}", t["op"], str(t["target"]),
+                                                    str(t["passed"])] for t in targets])]
     lines += ["", "Ablations (accuracy difference in points, same MACs, same epochs):", ""]
     lines += [f"- {text}: {value:+.2f}" for text, value in ablation_deltas(rows)]
     return "\n".join(lines) + "\n"
@@ -235,7 +236,8 @@ def ablation_deltas(rows: List[Dict[str, Any]]):
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
     parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<mode>)")

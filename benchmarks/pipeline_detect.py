@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (markdown_table, print_table, print_targets, report, target, update_doc_section,  # noqa: E402
-                     write_json)
+from _common import (TARGET_COLUMNS, markdown_table, print_table, print_targets, report, target,  # noqa: E402
+                     update_doc_section, write_json)
 
 import prunekit  # noqa: E402
 from prunekit.data.cifar_mosaic import cifar_mosaic  # noqa: E402
@@ -328,8 +328,8 @@ def markdown(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], targets: 
                       f"{b['eval_images']} held-out images; distillation on {b['train_images']} images.", "",
                   *markdown_table(B_COLS, [[r.get(c) for c in B_COLS] for r in b["rows"]], _cell)]
         lines.append("")
-    lines += ["| target | value | op | goal | passed |", "|---|---|---|---|---|"]
-    lines += [f"| {t['name']} | {_cell(t['value'])} | {t['op']} | {t['target']} | {t['passed']} |" for t in targets]
+    lines += markdown_table(TARGET_COLUMNS, [[t["name"], _cell(t["value"]), t["op"], str(t["target"]), str(t["passed"])]
+                                             for t in targets])
     return "\n".join(lines)
 
 

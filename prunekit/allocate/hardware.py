@@ -25,14 +25,18 @@ def simd_channels(device: Optional[Union[str, torch.device]] = None) -> int:
 
 def resolve_round_to(round_to: Union[int, str, None], model: Optional[torch.nn.Module] = None) -> Optional[int]:
     """An int (or None) for `round_to`; ``"auto"`` becomes the channel block of the device the model's weights are
-    on. Integers given as strings (from configs and the CLI) are accepted."""
-    if round_to is None or isinstance(round_to, int):
-        return round_to
+    on. Integers given as strings (from configs and the CLI) are accepted; anything else, or an int below 1, raises
+    `ConfigError`."""
+    if round_to is None:
+        return None
     text = str(round_to).strip().lower()
     if text == AUTO:
         param = next(iter(model.parameters()), None) if model is not None else None
         return simd_channels(param.device if param is not None else None)
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise ConfigError(f"round_to must be a positive integer or 'auto', got {round_to!r}") from None
+        value = 0
+    if value < 1:
+        raise ConfigError(f"round_to must be >= 1 or 'auto', got {round_to!r}")
+    return value

@@ -37,11 +37,9 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 < v < 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1), got {v}")
-        if self.round_to is not None:
-            from ..allocate.hardware import resolve_round_to
+        from ..allocate.hardware import resolve_round_to
 
-            if resolve_round_to(self.round_to) < 1:
-                raise ConfigError(f"round_to must be >= 1 or 'auto', got {self.round_to}")
+        resolve_round_to(self.round_to)  # raises ConfigError on a bad value
 
 
 def add_arguments(parser) -> None:

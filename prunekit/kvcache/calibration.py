@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from . import hf_compat
+from .base import Observation
 from .hf_compat import AttentionCall
 
 WEIGHTINGS = ("uniform", "attention")
@@ -29,13 +30,9 @@ def received_attention(call: AttentionCall, sink: int, window: int) -> torch.Ten
     Tokens before `sink`, tokens no such query sees and padding get 0; each sequence's weights are then scaled to
     mean 1 over its weighted tokens, so every calibration sequence counts the same.
     """
-    bsz, heads, length, dim = call.query.shape
-    kv_heads = call.num_kv_heads
-    q = call.query.float().reshape(bsz, kv_heads, call.groups * length, dim)
-    logits = (q @ call.key.float().transpose(2, 3)).view(bsz, kv_heads, call.groups, length, length) * call.scaling
-    allowed = call.allowed(length).expand(bsz, 1, length, length)
-    logits = logits.masked_fill(~allowed[:, :, None], torch.finfo(logits.dtype).min)
-    probs = logits.softmax(-1).mean(dim=(1, 2))  # [B, query i, key j]
+    length = call.q_len
+    allowed = call.allowed(length).expand(call.batch, 1, length, length)
+    probs = Observation.from_call(call, length).probs().float().mean(dim=1)  # [B, query i, key j], all rows
     slots = torch.arange(length, device=probs.device)
     far = allowed[:, 0] & (slots[:, None] - slots[None, :] >= window)[None]
     seen = far.sum(dim=1)  # [B, T]: queries that see each token as a latent
@@ -67,10 +64,9 @@ def collect_attention_inputs(model: torch.nn.Module, ids: torch.Tensor, progress
         raise ConfigError(f"CSKV calibration weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     modules = hf_compat.attention_modules(model)
     sums = [{"second": 0.0, "absmean": 0.0, "weight": 0.0, "inputs": [], "weights": []} for _ in modules]
-    index_of = {id(module): index for index, module in enumerate(modules)}
 
     def record(call: AttentionCall) -> torch.Tensor:
-        entry = sums[index_of[id(call.module)]]
+        entry = sums[call.layer_idx]
         x = call.hidden.detach()
         if weighting == "attention":
             w = received_attention(call, sink, window)
