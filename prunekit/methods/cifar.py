@@ -335,11 +335,23 @@ class DistillConfig:
 
 @dataclass
 class FinetuneStageConfig(TrainStageConfig):
-    """Stage 3: fine-tuning of the pruned model with the task loss plus distillation."""
+    """Stage 3: fine-tuning of the pruned model with the task loss plus distillation.
+
+    Attributes:
+        distill: the distillation terms (`DistillConfig`).
+        bn_recalibrate: after fine-tuning, re-estimate the BatchNorm statistics on this many training images with
+            the final weights (0 = off). Short fine-tunes, and distillation terms that move the weights fast, leave
+            running statistics that lag the weights (`prunekit.train.bn_recalibrate`).
+    """
 
     SECTION: ClassVar[str] = "stage3"
 
     distill: DistillConfig = field(default_factory=DistillConfig)
+    bn_recalibrate: int = 2048
+
+    def __post_init__(self):
+        super().__post_init__()
+        need(self.bn_recalibrate >= 0, self.SECTION, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate}")
 
 
 def scale_layers(model: nn.Module, inputs: torch.Tensor) -> List[str]:
@@ -430,6 +442,12 @@ def finetune_stage(ctx, cfg: FinetuneStageConfig, student_stage: str = "prune", 
             "logit_weight": cfg.distill.logit_weight}
     if not run.complete:
         return StageOutput(None, info=info, complete=False)
+    if cfg.bn_recalibrate:
+        from ..train.bn_recalibrate import recalibrate_batchnorm
+
+        info["accuracy_before_bn_recalibration"] = ctx.task.accuracy(student)
+        images, _ = ctx.task.calibration_batch(cfg.bn_recalibrate)
+        info["bn_recalibrated"] = recalibrate_batchnorm(student, images, ctx.task.cfg.eval_batch_size)
     info["accuracy"] = ctx.task.accuracy(student)
     return StageOutput(student, plan=plan, info=info)
 
@@ -448,15 +466,10 @@ def adaptive_bn_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
     import torch.nn.functional as F
 
+    from ..train.bn_recalibrate import recalibrate_batchnorm
+
     work = copy.deepcopy(model)
-    for m in work.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    work.train()
-    for i in range(0, len(images), batch):
-        work(images[i:i + batch])
-    work.eval()
+    recalibrate_batchnorm(work, images, batch)
     total = sum(float(F.cross_entropy(work(images[i:i + batch]), labels[i:i + batch], reduction="sum"))
                 for i in range(0, len(images), batch))
     return total / len(images)

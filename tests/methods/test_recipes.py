@@ -46,7 +46,9 @@ def test_recipe_runs_end_to_end_and_shrinks_the_model(tmp_path, recipe, stage2):
     assert result["params"] < 0.8 * base["params"] and abs(result["macs_keep"] - 0.5) < 0.01
     assert result["accuracy"] > 0.8  # chance is 0.1
     assert result["latency_ms"] > 0
-    assert result["stages"]["finetune"]["distilled_layers"] == ["bn2", "bn3"]  # last layer of each scale
+    finetune = result["stages"]["finetune"]
+    assert finetune["distilled_layers"] == ["bn2", "bn3"]  # last layer of each scale
+    assert finetune["bn_recalibrated"] == 3 and 0 < finetune["accuracy_before_bn_recalibration"] <= 1
     assert json.loads((tmp_path / "result.json").read_text())["accuracy"] == result["accuracy"]
     task = ClassificationTask(TaskConfig(**TASK))
     model = load_stage_model(Path(result["model_dir"]), task)
@@ -92,6 +94,7 @@ def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
     ({"stage2": {"overrides": {"layer3.*": 1.2}}}, r"stage2: overrides\['layer3.\*'\] must lie in \[0, 1.0\)"),
     ({"stage2": {"scope_by": ["scale", "colour"]}}, r"stage2: scope_by must be .*colour"),
     ({"stage3": {"distill": {"feature_loss": "gram"}}}, r"stage3.distill: feature_loss must be"),
+    ({"stage3": {"bn_recalibrate": -1}}, r"stage3: bn_recalibrate must be >= 0"),
     ({"task": {"augment": "heavy"}}, r"task: augment must be 'standard'"),
 ])
 def test_config_errors_name_the_section_and_key(sections, message):
