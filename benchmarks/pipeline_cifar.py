@@ -12,6 +12,7 @@ bisected to the same target) and the same total training epochs:
     d_global    slim-cwd with the author repo's global |gamma| threshold instead of the paper's uniform ratio
 
     python benchmarks/pipeline_cifar.py --quick --json out.json [--md docs/results_cifar.md]
+    python benchmarks/pipeline_cifar.py --medium --json out.json   # every image, 1+1 epochs (about 1 h on 2 cores)
     python benchmarks/pipeline_cifar.py --json out.json            # full mode (the papers' scale: use a GPU)
 
 Rerunning the same command resumes: finished arms and stages are read back from --out-dir.
@@ -38,6 +39,7 @@ from _common import (TARGET_COLUMNS, markdown_table, print_table, print_targets,
 
 MODES = {
     "quick": {"train_subset": 2500, "test_limit": 2000, "stage1_epochs": 1, "stage3_epochs": 1},
+    "medium": {"train_subset": None, "test_limit": None, "stage1_epochs": 1, "stage3_epochs": 1},
     "full": {"train_subset": None, "test_limit": None, "stage1_epochs": 40, "stage3_epochs": 40},
 }
 COMMON = {"keep_macs": 0.5, "lr": 0.01, "batch_size": 128, "max_ratio": 0.9, "tp_reg": 5e-4, "seed": 0,
@@ -260,6 +262,8 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
+    parser.add_argument("--medium", action="store_true",
+                        help="all 50k train and 10k test images, 1+1 epochs (about 10 minutes per arm on 2 cores)")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
     parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<mode>)")
@@ -275,7 +279,9 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    mode = "quick" if args.quick else "full"
+    if args.quick and args.medium:
+        parser.error("--quick and --medium exclude each other")
+    mode = "quick" if args.quick else "medium" if args.medium else "full"
     s = {**COMMON, **MODES[mode], "mode": mode}
     if args.epochs:
         s.update(stage1_epochs=args.epochs[0], stage3_epochs=args.epochs[1])
