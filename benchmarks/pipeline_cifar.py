@@ -115,7 +115,7 @@ def finish(task, model, info: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, An
 
     stale = task.accuracy(model)
     if s["bn_recalibrate"]:
-        recalibrate_batchnorm(model, task.calibration_batch(s["bn_recalibrate"])[0], task.cfg.eval_batch_size)
+        recalibrate_batchnorm(model, task.calibration_images(s["bn_recalibrate"]), task.cfg.eval_batch_size)
     return {"accuracy": task.accuracy(model), "accuracy_stale_bn": stale, **task.cost(model),
             "latency_ms": task.latency_ms(model), **info}
 
@@ -124,7 +124,8 @@ def run_l1_arm(s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """(a): L1-norm filters, the same ratio in every group (MACs-searched), then fine-tuning for every epoch."""
     import prunekit
     from prunekit.methods.base import plan_to_budget
-    from prunekit.methods.cifar import ClassificationTask, TaskConfig, TrainStageConfig
+    from prunekit.methods.stages import TrainStageConfig
+    from prunekit.methods.task import ClassificationTask, TaskConfig
 
     task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
     model, x = task.build(), task.example_inputs()
@@ -178,7 +179,8 @@ def tp_prune_to_macs(model, x, s: Dict[str, Any], base_macs: int, task):
 
 def run_tp_arm(s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """(b): group-norm sparse training (Torch-Pruning's regularizer), global group-norm pruning, fine-tuning."""
-    from prunekit.methods.cifar import ClassificationTask, TaskConfig, TrainStageConfig
+    from prunekit.methods.stages import TrainStageConfig
+    from prunekit.methods.task import ClassificationTask, TaskConfig
 
     task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
     model, x = task.build(), task.example_inputs()
@@ -298,7 +300,7 @@ def main(argv: List[str]) -> int:
     out = Path(args.out_dir or f"runs/pipeline_cifar_{scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    from prunekit.methods.cifar import ClassificationTask, TaskConfig
+    from prunekit.methods.task import ClassificationTask, TaskConfig
 
     task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
     original = task.build()

@@ -3,20 +3,21 @@
 Part A (cifar_mosaic, 10 classes, 128 px): a YOLOv8-n-layout detector (width reduced on CPU, see ``width`` in the
 JSON) is trained from scratch, then compressed to about half its parameters (the experiment's budget; their MACs
 differ by allocator and are reported) by two recipes and a baseline that all start from it and all train the same
-number of epochs (``recipe_epochs``):
+number of epochs (``recipe_epochs``). The recipes are the library's own (`prunekit run <recipe>`), run on the
+example configs ``examples/gcp_cifar_mosaic_yolov8n.yaml`` and ``examples/slim_cwd_cifar_mosaic_yolov8n.yaml``
+(full-mode sizes) with this mode's overrides, starting from the trained detector saved as
+``<out-dir>/base.safetensors``:
 
 - ``gcp`` (paper 1): BN-L1 sparse training with the ``gcp_variable`` rate, BN-scale pruning with one threshold per
-  feature-map-scale scope (allocator ``scoped``, scopes = the group tag ``scale``), removed channels' constant
-  folded into the next layer, fine-tuning with spatial attention transfer from the unpruned model;
+  feature-map-scale scope (per-scope ratios searched by the YOLOv8 loss after BN re-estimation), removed channels'
+  constant folded into the next layer, fine-tuning with spatial attention transfer from the unpruned model;
 - ``slim-cwd`` (paper 3): BN-L1 with ``linear_decay`` (plus the shifts' L1 at 10 s0, as the author code), global
-  BN-scale threshold (allocator ``global``), folding, fine-tuning with channel-wise distillation on the neck outputs;
+  BN-scale threshold, folding, fine-tuning with channel-wise distillation on the neck outputs;
 - ``l1-finetune``: filter-L1 pruning with the same ratio in every layer, then plain fine-tuning for all the epochs.
 
-Every training run ends by re-estimating the BatchNorm statistics on 512 training images (`fit`), as the recipes'
-stage 3 does. The unpruned model is also trained on for ``recipe_epochs`` more epochs, so the recipes are compared
-with an unpruned model that saw as much training (``unpruned_same_epochs``). `prunekit.methods.gcp` / ``slim_cwd`` run
-their stages on classification tasks only, so the stages are composed here from the library parts (reusing
-`prunekit.methods.gcp.assign_scopes` and `prunekit.methods.base.zero_bn_scales`).
+Every training run ends by re-estimating the BatchNorm statistics on 512 training images (`fit` here, the recipes'
+``stage3.bn_recalibrate``). The unpruned model is also trained on for ``recipe_epochs`` more epochs, so the recipes
+are compared with an unpruned model that saw as much training (``unpruned_same_epochs``).
 
 Part B: the real YOLOv8s fall detector (`yolov8s_fall`, BN fused) pruned by filter L1 to half its MACs, then
 recovered by channel-wise distillation from the unpruned model on unlabelled images (COCO8 train images and
@@ -24,6 +25,7 @@ cifar_mosaic canvases); agreement mAP50 (its detections scored against the origi
 COCO8 val images and canvases) before and after recovery, and CPU latency.
 
     python benchmarks/pipeline_detect.py --quick --json out.json [--docs docs/results_detect.md] [--skip-fall]
+        [--out-dir runs/pipeline_detect_quick]
 """
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ import argparse
 import copy
 import math
 import os
+import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -49,28 +51,31 @@ import prunekit  # noqa: E402
 from prunekit.data.cifar_mosaic import cifar_mosaic  # noqa: E402
 from prunekit.data.detection import coco8, collate_fn  # noqa: E402
 from prunekit.graph.types import Budget  # noqa: E402
+from prunekit.io import save_tensors  # noqa: E402
+from prunekit.methods import RECIPES  # noqa: E402
 from prunekit.metrics.latency import eager_latency  # noqa: E402
 from prunekit.metrics.macs import count_macs  # noqa: E402
 from prunekit.metrics.params import count_parameters  # noqa: E402
-from prunekit.models.yolov8 import YOLOv8, YOLOv8Config  # noqa: E402
+from prunekit.models import build  # noqa: E402
 from prunekit.train.detection import agreement_map, detection_loss_fn, evaluate_map  # noqa: E402
 from prunekit.train.distill.taps import Distiller, DistillTerm  # noqa: E402
 from prunekit.train.loop import TrainConfig, train  # noqa: E402
-from prunekit.train.regularizers.bn_l1 import BNL1, BNL1Config  # noqa: E402
 
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "quick": dict(width=0.125, img=128, n_train=1024, n_test=256, base_epochs=20, sparse_epochs=2, ft_epochs=3,
-                  batch=16, lr=0.1, ft_lr=0.05, at_weight=50.0, cwd_weight=2.0, fall_size=320, fall_train=120,
-                  fall_eval=16, fall_epochs=8, fall_batch=4, fall_lr=2e-3, latency_repeats=5),
+                  batch=16, lr=0.1, ft_lr=0.05, search_images=128, fall_size=320, fall_train=120, fall_eval=16,
+                  fall_epochs=8, fall_batch=4, fall_lr=2e-3, latency_repeats=5),
     "full": dict(width=0.25, img=128, n_train=4000, n_test=500, base_epochs=40, sparse_epochs=10, ft_epochs=10,
-                 batch=16, lr=0.1, ft_lr=0.05, at_weight=50.0, cwd_weight=2.0, fall_size=640, fall_train=192,
-                 fall_eval=32, fall_epochs=8, fall_batch=4, fall_lr=2e-3, latency_repeats=10),
+                 batch=16, lr=0.1, ft_lr=0.05, search_images=256, fall_size=640, fall_train=192, fall_eval=32,
+                 fall_epochs=8, fall_batch=4, fall_lr=2e-3, latency_repeats=10),
 }
 KEEP_PARAMS = 0.5  # the issue sets this experiment's budget in parameters; MACs differ by allocator (reported)
 RECALIBRATE_IMAGES = 512
 SPARSE_PULL = 0.5  # total L1 pull on a BN scale over the sparse stage: lr-sum * s / (1 - momentum)
 MOMENTUM = 0.937
-AT_LAYERS = ("stage2", "stage3", "sppf", "td_p3", "bu_p4", "bu_p5")  # backbone and neck output at every scale
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_FILES = {"gcp": ROOT / "examples" / "gcp_cifar_mosaic_yolov8n.yaml",
+                "slim-cwd": ROOT / "examples" / "slim_cwd_cifar_mosaic_yolov8n.yaml"}
 NECK = ("td_p3", "bu_p4", "bu_p5")
 HEAD_OUT = ("detect.cv2.[0-2]", "detect.cv3.[0-2]")  # the head's final per-level maps (never pruned)
 
@@ -109,37 +114,14 @@ def sparse_rate(epochs: int, steps_per_epoch: int, lr: float) -> float:
 # --------------------------------------------------------------------------------------------------- pruning
 
 
-def prune_detector(model: torch.nn.Module, example: torch.Tensor, criterion: str, allocator: str,
-                   allocator_options: Dict[str, Any], budget: Budget, fold: bool) -> tuple:
-    """Plan, optionally zero the removed BN scales and fold their constants into consumers, remove physically."""
-    from prunekit.compensate.bias_fold import fold_removed_channels
-    from prunekit.methods.base import zero_bn_scales
-    from prunekit.methods.gcp import SCOPE_TAG, assign_scopes
-
+def l1_prune(model: torch.nn.Module, example: torch.Tensor, budget: Budget) -> tuple:
+    """The baseline's pruning: filter L1, the same ratio in every group, to `budget`; returns (pruned copy, facts)."""
     model = copy.deepcopy(model).eval()
     analysis = prunekit.analyze(model, example)
-    options = dict(allocator_options)
-    if allocator == "scoped":
-        assign_scopes(analysis.groups, ("scale",), {})
-        options["by"] = (SCOPE_TAG,)
-    plan = prunekit.plan(model, example, criterion=criterion, allocator=allocator, budget=budget,
-                         allocator_options=options, analysis=analysis,
-                         criterion_options={"reduction": "mean"} if criterion == "bn_scale" else None)
-    removed = plan.removed_tensors()
-    facts = {"removed_channels": int(sum(len(v) for v in removed.values())), "ratio": plan.provenance.get("ratio")}
-    if allocator == "scoped":
-        facts["scopes"] = sorted({str(g.tags.get(SCOPE_TAG)) for g in analysis.groups if g.prunable})
-    if fold:
-        facts["zeroed_gammas"] = zero_bn_scales(model, analysis.groups, removed)
-        facts["folded_into"] = len(fold_removed_channels(model, analysis.groups, removed, example)["folded"])
-    pruned = prunekit.apply(model, plan, example, analysis=analysis)
-    return pruned, facts
-
-
-def distiller(teacher: torch.nn.Module, loss: str, layers: Sequence[str], weight: float,
-              loss_args: Dict[str, Any]) -> Distiller:
-    return Distiller(copy.deepcopy(teacher), [DistillTerm(loss=loss, loss_args=loss_args, student=tuple(layers),
-                                                          weight=weight)])
+    plan = prunekit.plan(model, example, criterion="l1", allocator="uniform", budget=budget, analysis=analysis)
+    facts = {"removed_channels": int(sum(len(v) for v in plan.removed_tensors().values())),
+             "ratio": plan.provenance.get("ratio")}
+    return prunekit.apply(model, plan, example, analysis=analysis), facts
 
 
 def cost(model: torch.nn.Module, img: int) -> Dict[str, float]:
@@ -150,63 +132,69 @@ def cost(model: torch.nn.Module, img: int) -> Dict[str, float]:
 # --------------------------------------------------------------------------------------------------- part A
 
 
-def part_a(s: Dict[str, Any], log) -> Dict[str, Any]:
+def recipe_overrides(name: str, s: Dict[str, Any], out: Path, weights: Path, s_rate: float) -> List[str]:
+    """The `--set` overrides that turn an example config (full-mode sizes) into this mode's run."""
+    return [f"out_dir={out}", f"task.weights={weights}", f"task.model_args.width={s['width']}",
+            f"task.dataset_args.n_images={s['n_train']}", f"task.dataset_args.img_size={s['img']}",
+            f"task.image_size={s['img']}", f"task.test_limit={s['n_test']}", f"task.batch_size={s['batch']}",
+            "task.device=cpu", "task.eval_original=false", f"task.latency_repeats={s['latency_repeats']}",
+            f"stage1.epochs={s['sparse_epochs']}", f"stage1.lr={s['ft_lr']}", f"stage1.s={s_rate:.6g}",
+            *([f"stage2.search_images={s['search_images']}"] if name == "gcp" else []),
+            f"stage3.epochs={s['ft_epochs']}", f"stage3.lr={s['ft_lr']}",
+            f"stage3.bn_recalibrate={RECALIBRATE_IMAGES}"]
+
+
+def part_a(s: Dict[str, Any], out: Path, log) -> Dict[str, Any]:
     torch.manual_seed(0)
     train_set = cifar_mosaic("train", s["n_train"], s["img"], seed=0)
-    test_set = cifar_mosaic("test", s["n_test"], s["img"], seed=1)
+    test_set = cifar_mosaic("test", s["n_test"], s["img"], seed=0)  # = the recipes' first n_test test canvases
     example = torch.stack([test_set[i][0] for i in range(2)])
     steps = math.ceil(s["n_train"] / s["batch"])
     recipe_epochs = s["sparse_epochs"] + s["ft_epochs"]
     rows: List[Dict[str, Any]] = []
 
     def record(name: str, model, facts: Dict[str, Any]) -> Dict[str, Any]:
-        row = {"model": name, **cost(model, s["img"]), **evaluate_map(model, test_set), **facts}
+        measured = {**cost(model, s["img"]), **evaluate_map(model, test_set)} if model is not None else {}
+        row = {"model": name, **measured, **facts}
         row.pop("images", None)
         rows.append(row)
         log(f"[A] {name}: mAP50 {row['map50']:.4f} mAP50-95 {row['map50_95']:.4f} params {row['params']:,}")
         return row
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base = YOLOv8(YOLOv8Config(nc=10, depth=0.33, width=s["width"]))
+    base = build("yolov8n", pretrained=False, nc=10, width=s["width"])
     base.detect.bias_init(s["img"])
     facts = fit(base, train_set, s["base_epochs"], s["lr"], s["batch"])
     base_row = record("unpruned", base, {"epochs": s["base_epochs"], **facts})
-    teacher = copy.deepcopy(base).eval()
 
     longer = copy.deepcopy(base)
     facts = fit(longer, train_set, recipe_epochs, s["ft_lr"], s["batch"])
     same_row = record("unpruned_same_epochs", longer, {"epochs": s["base_epochs"] + recipe_epochs, **facts})
     del longer
 
-    budget = Budget(target="params", keep_fraction=KEEP_PARAMS)
+    # the recipes themselves (`prunekit run <recipe>` on the example configs), starting from the trained detector
+    weights = out / "base.safetensors"
+    save_tensors(weights, base.state_dict())
     s_rate = sparse_rate(s["sparse_epochs"], steps, s["ft_lr"])
-    recipes = {
-        "gcp": dict(schedule="gcp_variable", beta=0.0, criterion="bn_scale", allocator="scoped",
-                    options={"normalizer": "none"},
-                    distill=("attention", AT_LAYERS, s["at_weight"], {"betas": (1.0,)})),
-        "slim-cwd": dict(schedule="linear_decay", beta=10.0, criterion="bn_scale", allocator="global",
-                         options={"normalizer": "none"}, distill=("cwd", NECK, s["cwd_weight"], {"tau": 1.0})),
-    }
-    for name, r in recipes.items():
-        model = copy.deepcopy(base)
-        bnl1 = BNL1(BNL1Config(s=s_rate, schedule=r["schedule"], unit="step", beta_rate=r["beta"] * s_rate))
-        sparse_facts = fit(model, train_set, s["sparse_epochs"], s["ft_lr"], s["batch"], hooks=[bnl1])
-        sparse_map = evaluate_map(model, test_set)["map50"]
-        gammas = torch.cat([bn.weight.detach().abs() for _, bn in bnl1.layers(model)])
-        pruned, prune_facts = prune_detector(model, example, r["criterion"], r["allocator"], r["options"], budget,
-                                             fold=True)
-        pruned_map = evaluate_map(pruned, test_set)["map50"]
-        loss, layers, weight, args = r["distill"]
-        ft_facts = fit(pruned, train_set, s["ft_epochs"], s["ft_lr"], s["batch"],
-                       hooks=[distiller(teacher, loss, layers, weight, args)])
-        record(name, pruned, {"epochs": s["base_epochs"] + recipe_epochs, "sparse_rate": s_rate,
-                              "gamma_below_1e-2": float((gammas < 1e-2).float().mean()),
-                              "map50_after_sparse": sparse_map, "map50_after_prune": pruned_map,
-                              "distill": f"{loss} on {','.join(layers)} (weight {weight})",
-                              "seconds": sparse_facts["seconds"] + ft_facts["seconds"], **prune_facts})
+    commands = {}
+    for name, path in RECIPE_FILES.items():
+        overrides = recipe_overrides(name, s, out / name, weights, s_rate)
+        commands[name] = f"prunekit run {name} --config {path.relative_to(ROOT)} " + " ".join(
+            f"--set {o}" for o in overrides)
+        log(f"[A] {commands[name]}")
+        result = RECIPES.get(name).from_file(str(path), overrides).run()
+        stages = result["stages"]
+        finetune = stages["finetune"]
+        record(name, None, {"params": result["params"], "macs": result["macs"], "map50": result["map50"],
+                            "map50_95": result["map50_95"], "epochs": s["base_epochs"] + recipe_epochs,
+                            "sparse_rate": s_rate, "gamma_below_1e-2": stages["sparse"]["gamma_below_1e_2"],
+                            "map50_after_sparse": stages["sparse"]["map50"],
+                            "map50_after_prune": stages["prune"]["map50"],
+                            "distill": f"{finetune['feature_loss']} on {','.join(finetune['distilled_layers'])}",
+                            "seconds": round(sum(st["seconds"] for st in stages.values()), 1),
+                            "removed_channels": stages["prune"]["removed_channels"]})
 
-    pruned, prune_facts = prune_detector(base, example, "l1", "uniform", {}, budget, fold=False)
+    budget = Budget(target="params", keep_fraction=KEEP_PARAMS)
+    pruned, prune_facts = l1_prune(base, example, budget)
     pruned_map = evaluate_map(pruned, test_set)["map50"]
     facts = fit(pruned, train_set, recipe_epochs, s["ft_lr"], s["batch"])
     record("l1-finetune", pruned, {"epochs": s["base_epochs"] + recipe_epochs, "map50_after_prune": pruned_map,
@@ -215,10 +203,10 @@ def part_a(s: Dict[str, Any], log) -> Dict[str, Any]:
     for r in rows:
         r["params_keep"] = r["params"] / base_row["params"]
         r["macs_keep"] = r["macs"] / base_row["macs"]
-    recipe_rows = [r for r in rows if r["model"] in recipes]  # the l1-finetune baseline is not a recipe
+    recipe_rows = [r for r in rows if r["model"] in RECIPE_FILES]  # the l1-finetune baseline is not a recipe
     worst = min(recipe_rows, key=lambda r: r["map50"])
-    pruned_macs = [r["macs"] for r in rows if r["model"] in (*recipes, "l1-finetune")]
-    return {"rows": rows, "worst_recipe": worst["model"],
+    pruned_macs = [r["macs"] for r in rows if r["model"] in (*RECIPE_FILES, "l1-finetune")]
+    return {"rows": rows, "worst_recipe": worst["model"], "commands": commands,
             "worst_minus_unpruned_same_epochs": 100 * (worst["map50"] - same_row["map50"]),
             "worst_minus_unpruned": 100 * (worst["map50"] - base_row["map50"]),
             "max_params_keep": max(r["params_keep"] for r in recipe_rows),
@@ -334,7 +322,8 @@ def markdown(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], targets: 
                       f"{a['worst_minus_unpruned']:+.2f} points (minus the unpruned model trained as many epochs: "
                       f"{a['worst_minus_unpruned_same_epochs']:+.2f}). The budget is parameters, so the pruned "
                       f"arms' MACs range over {a['macs_keep_range'][0]:.3f}-{a['macs_keep_range'][1]:.3f} of the "
-                      f"original's.", ""]
+                      f"original's.", "", "The recipes ran as (from the detector trained above):", "",
+                  *[f"- `{command}`" for command in a["commands"].values()], ""]
     if b is not None:
         lines += [f"#### B. YOLOv8s fall detector at {b['size']} px, half the MACs, CWD recovery on unlabelled images",
                   "", f"Agreement mAP: detections scored against the original's detections (conf 0.25) on "
@@ -355,6 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--docs", default="docs/results_detect.md", help="markdown file of the results ('' = none)")
     parser.add_argument("--skip-fall", action="store_true", help="skip part B (the YOLOv8s fall detector)")
     parser.add_argument("--skip-train", action="store_true", help="skip part A (training on cifar_mosaic)")
+    parser.add_argument("--out-dir", default=None,
+                        help="run folder of part A (trained detector, recipe stages); cleared first "
+                             "(default runs/pipeline_detect_<mode>)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a setting of the mode (e.g. n_train=64 base_epochs=1)")
     args = parser.parse_args(argv)
@@ -370,7 +362,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         s[key] = type(s[key])(value)
     log = lambda msg: print(f"{time.perf_counter() - start:7.1f}s {msg}", flush=True)  # noqa: E731
     load_start = os.getloadavg()[0]
-    a = None if args.skip_train else part_a(s, log)
+    out = Path(args.out_dir or f"runs/pipeline_detect_{mode}")
+    if out.exists() and not args.skip_train:  # the detector is retrained: stale recipe folders would be refused
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    a = None if args.skip_train else part_a(s, out, log)
     b = None if args.skip_fall else part_b(s, log)
     targets = []
     if a is not None:
@@ -388,9 +384,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes = {"width_note": f"width multiple {s['width']} (YOLOv8n is 0.25)" + (" reduced for CPU" if s["width"] < 0.25
                                                                                else ""),
              "load_average": {"start": load_start, "end": os.getloadavg()[0], "cpus": os.cpu_count()},
-             "recipes_note": "prunekit.methods.gcp/slim_cwd run on classification tasks only; their stages are "
-                             "composed here from the library parts (BNL1, scoped/global bn_scale plans, bias "
-                             "folding, Distiller)"}
+             "recipes_note": "the recipes run as `prunekit run <recipe>` on the example configs with this mode's "
+                             "overrides (part_a.commands), from the detector trained here"}
     payload = report("pipeline_detect", argv, start, (a or {}).get("rows", []) + (b or {}).get("rows", []), targets,
                      mode=mode, settings=s, part_a=a, part_b=b, **notes)
     if args.json:

@@ -2,6 +2,7 @@
 
     prunekit run gcp --config examples/gcp_cifar_resnet56.yaml --set stage1.epochs=1
     prunekit run slim-cwd --config examples/slim_cwd_cifar_resnet56.yaml --set out_dir=runs/slim
+    prunekit run gcp --config examples/gcp_cifar_mosaic_yolov8n.yaml --set task.weights=detector.safetensors
     prunekit run                      # lists the recipes
 
 Rerunning the same command resumes: finished stages are skipped, an interrupted stage continues from its last
@@ -65,7 +66,8 @@ def run(args) -> int:
         console.print(f"stopped in stage '{result.get('stopped_in')}' (max_steps): rerun the same command to resume")
         return 0
     base = result["original"]
-    console.print(f"accuracy {result['accuracy']:.4f}  params {result['params']:,} ({result['params_keep']:.3f} of "
+    metric = result["metric"]
+    console.print(f"{metric} {result[metric]:.4f}  params {result['params']:,} ({result['params_keep']:.3f} of "
                   f"{base['params']:,})  MACs {result['macs']:,} ({result['macs_keep']:.3f} of {base['macs']:,})  "
                   f"latency {result['latency_ms']:.2f} ms")
     console.print(f"model: {result['model_dir']}  result: {recipe.config.out_dir}/result.json")

@@ -33,7 +33,7 @@ from torch import nn
 from ..config import from_dict, load_config, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from .cifar import RUN_CONTROL, ClassificationTask, TaskConfig, need
+from .task import RUN_CONTROL, ImageTask, TaskConfig, make_task, need, weights_digest
 
 RESULT_FILE = "result.json"
 DONE_FILE = "done.json"
@@ -86,7 +86,7 @@ class StageContext:
     """Passed to a stage: the recipe, the task, the stage folder, and access to earlier stages' models."""
 
     recipe: "Recipe"
-    task: ClassificationTask
+    task: ImageTask
     folder: Path
     folders: Dict[str, Path]
 
@@ -120,12 +120,12 @@ def save_stage_model(folder: Path, model: nn.Module, plan: Any = None) -> None:
         save_tensors(folder / "model.safetensors", model.cpu().state_dict())
 
 
-def load_stage_model(folder: Path, task: ClassificationTask) -> nn.Module:
+def load_stage_model(folder: Path, task: ImageTask) -> nn.Module:
     """Rebuild a stage's model: the task's architecture, the saved plan replayed if any, the saved weights."""
     import prunekit
     from ..io import load_state_dict_strict, load_tensors
 
-    fresh = task.build(pretrained=False)
+    fresh = task.architecture()
     if (folder / "plan.json").exists():
         return prunekit.load(folder, model=fresh).eval()
     load_state_dict_strict(fresh, load_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
@@ -190,6 +190,8 @@ class Recipe:
         sections = ["task"] + [s for stage in stages[:upto + 1] for s in stage.sections]
         data = {"recipe": self.name, "version": self.Config.VERSION, "seed": self.config.seed,
                 **{s: _section_dict(getattr(self.config, s)) for s in sections}}
+        if self.config.task.weights is not None:  # the starting weights' content, not just their path
+            data["weights_digest"] = self._weights_digest()
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def run(self) -> Dict[str, Any]:
@@ -198,7 +200,7 @@ class Recipe:
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with _threads(self.config.task.num_threads):
-            task = ClassificationTask(self.config.task, self.config.seed)
+            task = make_task(self.config.task, self.config.seed)
             result = {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity,
                       "status": "running", "out_dir": str(out), "config": to_dict(self.config),
                       "original": self._original(task, out), "stages": {}}
@@ -225,20 +227,30 @@ class Recipe:
                 result["stages"][stage.name] = info
             final = load_stage_model(folders[stages[-1].name] / "model", task)
             last = result["stages"][stages[-1].name]
-            metrics = {"accuracy": last["accuracy"] if "accuracy" in last else task.accuracy(final),
-                       **task.cost(final), "latency_ms": task.latency_ms(final)}
+            scores = {k: last[k] for k in task.score_keys if k in last}
+            if task.metric not in scores:
+                scores = task.score(final)
+            metrics = {**scores, **task.cost(final), "latency_ms": task.latency_ms(final)}
             base = result["original"]
-            result.update(status="complete", model_dir=str(folders[stages[-1].name] / "model"), **metrics,
-                          macs_keep=metrics["macs"] / base["macs"], params_keep=metrics["params"] / base["params"])
+            result.update(status="complete", metric=task.metric, model_dir=str(folders[stages[-1].name] / "model"),
+                          **metrics, macs_keep=metrics["macs"] / base["macs"],
+                          params_keep=metrics["params"] / base["params"])
         return self._write(out, result, started)
+
+    def _weights_digest(self) -> str:
+        path = self.config.task.weights
+        cached = getattr(self, "_digest", None)
+        if cached is None or cached[0] != path:
+            self._digest = (path, weights_digest(path))
+        return self._digest[1]
 
     def _write(self, out: Path, result: Dict[str, Any], started: float) -> Dict[str, Any]:
         result["seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=str))
         return result
 
-    def _original(self, task: ClassificationTask, out: Path) -> Dict[str, Any]:
-        """Params / MACs of the unpruned model, plus accuracy and latency with ``task.eval_original`` (cached)."""
+    def _original(self, task: ImageTask, out: Path) -> Dict[str, Any]:
+        """Params / MACs of the unpruned model, plus its metric and latency with ``task.eval_original`` (cached)."""
         key = self.fingerprint(-1) + str(self.config.task.eval_original)
         path = out / "original.json"
         if path.exists():
@@ -285,7 +297,7 @@ class SparsePruneFinetuneRecipe(Recipe):
     (``stage2``, the recipe's `prune`), fine-tuning with distillation from the sparse model (``stage3``)."""
 
     def stages(self) -> List[Stage]:
-        from .cifar import finetune_stage, sparse_train_stage
+        from .stages import finetune_stage, sparse_train_stage
 
         return [Stage("sparse", ("stage1",), lambda ctx: sparse_train_stage(ctx, self.config.stage1)),
                 Stage("prune", ("stage2",), self.prune),
@@ -303,9 +315,10 @@ class PruneStageConfig:
     """Stage 2 settings shared by the recipes (scaling-factor pruning with bias folding).
 
     Attributes:
-        keep_macs: keep this fraction of the MACs (the allocation's ratio is searched to within 2%); null: use
-            `ratio` instead.
-        ratio: fraction of the channels to remove when `keep_macs` is null.
+        keep_macs: keep this fraction of the MACs (the allocation's ratio is searched to within 0.5%); null: use
+            `keep_params` or `ratio` instead.
+        keep_params: keep this fraction of the parameters instead (set `keep_macs` to null).
+        ratio: fraction of the channels to remove when both are null.
         ignore: module-name glob patterns left unpruned.
         max_ratio: at most this fraction of any group's channels goes (keeps layers from emptying).
         min_keep_channels: every group keeps at least this many channels (null: 1).
@@ -316,6 +329,7 @@ class PruneStageConfig:
     SECTION: ClassVar[str] = "stage2"
 
     keep_macs: Optional[float] = 0.5
+    keep_params: Optional[float] = None
     ratio: float = 0.5
     ignore: Tuple[str, ...] = ()
     max_ratio: Optional[float] = 0.9
@@ -326,6 +340,10 @@ class PruneStageConfig:
         s = self.SECTION
         need(self.keep_macs is None or 0.0 < self.keep_macs < 1.0, s,
              f"keep_macs must lie in (0, 1) or be null, got {self.keep_macs}")
+        need(self.keep_params is None or 0.0 < self.keep_params < 1.0, s,
+             f"keep_params must lie in (0, 1) or be null, got {self.keep_params}")
+        need(self.keep_params is None or self.keep_macs is None, s,
+             "keep_macs and keep_params are two budgets: set keep_macs: null to use keep_params")
         need(0.0 < self.ratio < 1.0, s, f"ratio must lie in (0, 1), got {self.ratio}")
         need(self.max_ratio is None or 0.0 < self.max_ratio <= 1.0, s, f"max_ratio must lie in (0, 1], got "
              f"{self.max_ratio}")
@@ -339,6 +357,8 @@ class PruneStageConfig:
 
         if self.keep_macs is not None:
             return Budget(target="macs", keep_fraction=self.keep_macs, ignore=self.ignore)
+        if self.keep_params is not None:
+            return Budget(target="params", keep_fraction=self.keep_params, ignore=self.ignore)
         return Budget(ratio=self.ratio, ignore=self.ignore)
 
     def constraints(self) -> Dict[str, Any]:

@@ -10,17 +10,19 @@ Chu et al., "Group channel pruning and spatial attention distilling for object d
    scale and module structure (group tags ``scale`` and ``signature``, plus ``coupling``: ``residual`` for groups
    produced by several layers, ``single`` otherwise), or by a user's module-name pattern (`overrides`). Each scope
    has its own |gamma| threshold at its own ratio (`prunekit.allocate.scoped`). Scopes without an override take
-   the budget ratio (searched so the pruned model keeps `keep_macs` of the MACs) times a per-scope multiplier; the
-   multipliers are found by a small coordinate search scoring each candidate (pruned to the same MACs) by its loss on
-   a few hundred training images after re-estimating BN statistics (``ratio_search: loss``; ``none`` keeps them at
-   1). ``threshold: global`` is the paper's single-threshold baseline. Before removal the removed channels' constant
-   output act(beta) is folded into the next layer (the code's ``update_activation``).
+   the budget ratio (searched so the pruned model keeps `keep_macs` of the MACs, or `keep_params` of the
+   parameters) times a per-scope multiplier; the multipliers are found by a small coordinate search scoring each
+   candidate (pruned to the same budget) by its training loss on a few hundred training images after re-estimating
+   BN statistics (``ratio_search: loss``; ``none`` keeps them at 1). ``threshold: global`` is the paper's
+   single-threshold baseline. Before removal the removed channels' constant output act(beta) is folded into the
+   next layer (the code's ``update_activation``).
 3. **finetune** - fine-tuning with the task loss plus spatial attention transfer from the sparse-trained (unpruned)
    model at the last layer of every feature-map scale.
 
-Fidelity: reconstructed from the official code (`chumingqian/Model_Compression_For_YOLOV3-V4`) for a classifier;
-the code's hand-set YOLOv4 groups and ratios become scopes derived from the traced graph and a searched ratio per
-scope (the search is this library's, not the paper's).
+Fidelity: reconstructed from the official code (`chumingqian/Model_Compression_For_YOLOV3-V4`) for any traced
+image classifier or YOLO-style detector (`prunekit.methods.task`); the code's hand-set YOLOv4 groups and ratios
+become scopes derived from the traced graph and a searched ratio per scope (the search is this library's, not the
+paper's).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from ..allocate.base import module_matches
 from ..allocate.scoped import Scoped, ScopedConfig
 from ..errors import ConfigError
 from .base import PruneStageConfig, RecipeConfig, SparsePruneFinetuneRecipe, StageOutput, prune_with_folding
-from .cifar import FinetuneStageConfig, SparseStageConfig, adaptive_bn_loss, need
+from .stages import FinetuneStageConfig, SparseStageConfig
+from .task import need
 
 SCOPE_TAG = "gcp_scope"
 TAGS = ("scale", "signature", "coupling")
@@ -50,9 +53,10 @@ class GCPPruneConfig(PruneStageConfig):
         ratio_search: how the scopes without an override share the budget. ``none``: one common ratio (the
             MACs search scales it). ``loss``: per-scope multipliers of that ratio found by coordinate search - each
             scope's multiplier is tried times every factor in `search_factors`, every candidate is pruned to the
-            same MACs and scored by its cross-entropy on `search_images` training images after re-estimating the
-            BatchNorm statistics, and the best is kept (`search_passes` rounds). Paper 1 sets its per-group ratios
-            by hand; this search is the library's stand-in [derived].
+            same budget and scored by its training loss (cross-entropy, or the YOLOv8 loss for a detector) on
+            `search_images` training images after re-estimating the BatchNorm statistics, and the best is kept
+            (`search_passes` rounds). Paper 1 sets its per-group ratios by hand; this search is the library's
+            stand-in [derived].
     """
 
     threshold: str = "group"
@@ -177,13 +181,11 @@ class GCPRecipe(SparsePruneFinetuneRecipe):
                     "relative": cfg.relative, **cfg.constraints()}
             searched = [k for k in scopes if k not in cfg.overrides]
             multipliers = {k: 1.0 for k in searched}
-            if cfg.ratio_search == "loss" and cfg.keep_macs is not None and searched:
-                images, labels = ctx.task.calibration_batch(cfg.search_images)
-
+            if cfg.ratio_search == "loss" and cfg.budget().target is not None and searched:
                 def candidate_loss(mult: Dict[str, float]) -> float:
                     candidate = prune_with_folding(model, inputs, analysis, cfg, "bn_scale",
                                                    GroupScoped(None, **base, multipliers=mult), criterion_options)[0]
-                    return adaptive_bn_loss(candidate, images, labels)
+                    return ctx.task.search_loss(candidate, cfg.search_images)
 
                 multipliers, trace = search_multipliers(candidate_loss, searched, cfg.search_factors,
                                                         cfg.search_passes)
@@ -194,6 +196,6 @@ class GCPRecipe(SparsePruneFinetuneRecipe):
         else:
             allocator, options = "global", {"normalizer": "none"}
         pruned, plan, facts = prune_with_folding(model, inputs, analysis, cfg, "bn_scale", allocator,
-                                                 criterion_options, options, {"registry": self.config.task.model})
-        info.update(facts, accuracy=ctx.task.accuracy(pruned), **ctx.task.cost(pruned))
+                                                 criterion_options, options, ctx.task.model_spec())
+        info.update(facts, **ctx.task.score(pruned), **ctx.task.cost(pruned))
         return StageOutput(pruned, plan=plan, info=info)

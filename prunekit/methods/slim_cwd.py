@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .base import PruneStageConfig, RecipeConfig, SparsePruneFinetuneRecipe, StageOutput, prune_with_folding
-from .cifar import DistillConfig, FinetuneStageConfig, SparseStageConfig, need
+from .stages import DistillConfig, FinetuneStageConfig, SparseStageConfig
+from .task import need
 
 
 @dataclass
@@ -91,6 +92,6 @@ class SlimCWDRecipe(SparsePruneFinetuneRecipe):
         analysis = prunekit.analyze(model, inputs)
         options = {"normalizer": "none"} if cfg.allocator == "global" else {}
         pruned, plan, facts = prune_with_folding(model, inputs, analysis, cfg, "bn_scale", cfg.allocator,
-                                                 {"reduction": "mean"}, options, {"registry": self.config.task.model})
-        info = {"allocator": cfg.allocator, **facts, "accuracy": ctx.task.accuracy(pruned), **ctx.task.cost(pruned)}
+                                                 {"reduction": "mean"}, options, ctx.task.model_spec())
+        info = {"allocator": cfg.allocator, **facts, **ctx.task.score(pruned), **ctx.task.cost(pruned)}
         return StageOutput(pruned, plan=plan, info=info)

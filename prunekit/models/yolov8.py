@@ -346,7 +346,8 @@ def _build(name: str, depth: float, width: float, pretrained: bool, kwargs: dict
     if pretrained:
         warnings.warn(f"prunekit.models.yolov8.{name}: no pretrained weights are available for this model; "
                       "returning a randomly initialised network (use 'yolov8s_fall' for real weights)", stacklevel=3)
-    return YOLOv8(YOLOv8Config(depth=depth, width=width, max_channels=1024, **kwargs))
+    # the size's multiples are defaults: keyword args (a narrower width for CPU experiments) take precedence
+    return YOLOv8(YOLOv8Config(**{"depth": depth, "width": width, "max_channels": 1024, **kwargs}))
 
 
 def yolov8n(pretrained: bool = True, **kwargs) -> YOLOv8:

@@ -102,3 +102,23 @@ def test_latency_quick_report(latency):
         assert r["before_ms"] > 0 and r["after_ms"] > 0
         assert r["speedup"] > 1.0  # half the MACs is faster, whatever the backend
     assert len(latency["targets"]) == 2
+
+
+def test_detection_pipeline_runs_the_recipes_from_the_example_configs(tmp_path):
+    """Part A at toy size: the detector is trained, saved, and both recipes run as `prunekit run` on the example
+    configs from it, at about half the parameters."""
+    out = tmp_path / "run"
+    report = _run("pipeline_detect.py", tmp_path / "detect.json", "--quick", "--skip-fall", "--docs", "",
+                  "--out-dir", str(out), "--set", "width=0.0625", "img=64", "n_train=32", "n_test=8",
+                  "base_epochs=1", "sparse_epochs=1", "ft_epochs=1", "search_images=8", "batch=8", timeout=400)
+    a = report["part_a"]
+    rows = {r["model"]: r for r in a["rows"]}
+    assert set(rows) == {"unpruned", "unpruned_same_epochs", "gcp", "slim-cwd", "l1-finetune"}
+    assert (out / "base.safetensors").exists() and (out / "gcp" / "result.json").exists()
+    for name, yaml in (("gcp", "gcp_cifar_mosaic_yolov8n"), ("slim-cwd", "slim_cwd_cifar_mosaic_yolov8n")):
+        assert a["commands"][name].startswith(f"prunekit run {name} --config examples/{yaml}.yaml")
+        assert 0.4 <= rows[name]["params_keep"] <= 0.55 and 0.0 <= rows[name]["map50"] <= 1.0
+        assert rows[name]["epochs"] == rows["unpruned_same_epochs"]["epochs"] == 3  # equal training budgets
+    assert [t["name"] for t in report["targets"]] == ["each_recipe_map50_minus_unpruned_points",
+                                                      "each_recipe_map50_minus_unpruned_same_epochs_points",
+                                                      "recipes_params_keep_max"]

@@ -14,7 +14,7 @@ from prunekit.models import build
 from prunekit.errors import ConfigError
 from prunekit.methods import RECIPES
 from prunekit.methods.base import PruneStageConfig, load_stage_model, prune_with_folding
-from prunekit.methods.cifar import ClassificationTask, TaskConfig
+from prunekit.methods.task import ClassificationTask, TaskConfig
 from prunekit.methods.gcp import GCPRecipe, assign_scopes
 from prunekit.methods.slim_cwd import SlimCWDRecipe
 
