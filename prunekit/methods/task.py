@@ -96,11 +96,17 @@ class TaskConfig:
              "model_args and dataset_args must be mappings")
 
 
-def weights_digest(path: str) -> str:
-    """SHA-256 (first 16 hex digits) of a weights file, or a `ConfigError` naming ``task.weights``."""
+def weights_file(path: str) -> Path:
+    """`path` as a `Path`, or a `ConfigError` naming ``task.weights`` when there is no such file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"task: weights file {path} does not exist")
+    return file
+
+
+def weights_digest(path: str) -> str:
+    """SHA-256 (first 16 hex digits) of a weights file, or a `ConfigError` naming ``task.weights``."""
+    file = weights_file(path)
     digest = hashlib.sha256()
     with file.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -170,9 +176,9 @@ class ImageTask:
             return build(self.cfg.model, pretrained=self.cfg.pretrained, **self.cfg.model_args).eval()
         from ..io import load_state_dict_strict, load_tensors
 
-        weights_digest(self.cfg.weights)  # a clear error when the file is missing
         model = self.architecture()
-        load_state_dict_strict(model, load_tensors(self.cfg.weights), f"task.weights ({self.cfg.weights})")
+        state = load_tensors(weights_file(self.cfg.weights))
+        load_state_dict_strict(model, state, f"task.weights ({self.cfg.weights})")
         return model.eval()
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -245,10 +251,24 @@ class ImageTask:
         return StageRun(complete, result.steps, result.epochs, float(result.final_loss), result.seconds,
                         result.resumed_from)
 
+    @torch.no_grad()
     def search_loss(self, model: nn.Module, n: int) -> float:
         """The training loss of a copy of `model` on `n` calibration items after re-estimating its BatchNorm
         statistics on them (EagleEye's "adaptive BN": a freshly pruned candidate's stale statistics would
         mostly measure the statistics shift, not what fine-tuning can reach)."""
+        import copy
+
+        from ..train.bn_recalibrate import recalibrate_batchnorm
+
+        items = self.calibration_items(n)
+        work = copy.deepcopy(model)
+        batch = self.cfg.batch_size
+        recalibrate_batchnorm(work, torch.stack([item[0] for item in items]), batch)
+        total = sum(self.summed_loss(work, items[i:i + batch]) for i in range(0, len(items), batch))
+        return total / len(items)
+
+    def summed_loss(self, model: nn.Module, items: List[Any]) -> float:
+        """The training loss of `model` (BatchNorm statistics fixed) summed over `items`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ metrics
@@ -297,26 +317,11 @@ class ClassificationTask(ImageTask):
         return load(self.cfg.dataset, split="test", normalize=self.normalize, limit=self.cfg.test_limit,
                     **self.cfg.dataset_args)
 
-    def calibration_batch(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``n`` training images (augmented, fixed seed) and their labels: [n, C, H, W], [n]."""
-        items = self.calibration_items(n)
-        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-    @torch.no_grad()
-    def search_loss(self, model: nn.Module, n: int) -> float:
-        import copy
-
+    def summed_loss(self, model: nn.Module, items: List[Any]) -> float:
         import torch.nn.functional as F
 
-        from ..train.bn_recalibrate import recalibrate_batchnorm
-
-        images, labels = self.calibration_batch(n)
-        work = copy.deepcopy(model)
-        batch = self.cfg.batch_size
-        recalibrate_batchnorm(work, images, batch)
-        total = sum(float(F.cross_entropy(work(images[i:i + batch]), labels[i:i + batch], reduction="sum"))
-                    for i in range(0, len(images), batch))
-        return total / len(images)
+        images, labels = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+        return float(F.cross_entropy(model(images), labels, reduction="sum"))
 
     def accuracy(self, model: nn.Module) -> float:
         """Top-1 accuracy in [0, 1] on the test images."""
@@ -359,29 +364,16 @@ class DetectionTask(ImageTask):
 
         return {"loss_fn": detection_loss_fn(model), "collate_fn": collate_fn}
 
-    @torch.no_grad()
-    def search_loss(self, model: nn.Module, n: int) -> float:
-        import copy
-
+    def summed_loss(self, model: nn.Module, items: List[Any]) -> float:
         from ..data.detection import collate_fn
-        from ..train.bn_recalibrate import recalibrate_batchnorm
         from ..train.detection import detection_loss_fn
 
-        items = self.calibration_items(n)
-        images = torch.stack([x for x, _ in items])
-        work = copy.deepcopy(model)
-        batch = self.cfg.batch_size
-        recalibrate_batchnorm(work, images, batch)
-        loss_fn = detection_loss_fn(work)
-        work.train()  # the YOLOv8 loss reads the raw per-level maps of training mode; BN statistics are frozen below
-        for m in work.modules():
+        model.train()  # the YOLOv8 loss reads the raw per-level maps of training mode; BN statistics stay frozen
+        for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-        total = 0.0
-        for i in range(0, len(items), batch):
-            chunk_images, targets = collate_fn(items[i:i + batch])
-            total += float(loss_fn(work(chunk_images), targets)) * len(chunk_images)
-        return total / len(items)
+        images, targets = collate_fn(items)
+        return float(detection_loss_fn(model)(model(images), targets)) * len(items)
 
     def score(self, model: nn.Module) -> Dict[str, float]:
         from ..train.detection import evaluate_map
