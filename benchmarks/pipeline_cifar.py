@@ -67,7 +67,7 @@ def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """The recipe config of a gcp / slim-cwd arm (ablations differ from c_gcp in one key)."""
     recipe = "slim-cwd" if name.startswith("d_") else "gcp"
     cfg = {"out_dir": str(out / name), "seed": s["seed"], "task": task_section(s),
-           "stage1": {"epochs": s["stage1_epochs"], "lr": s["lr"]},
+           "stage1": {"epochs": s["stage1_epochs"], "lr": s["lr"], **sparse_rate(recipe, s)},
            "stage2": {"keep_macs": s["keep_macs"], "max_ratio": s["max_ratio"]},
            "stage3": {"epochs": s["stage3_epochs"], "lr": s["lr"], "bn_recalibrate": s["bn_recalibrate"],
                       "distill": {}}}
@@ -84,6 +84,17 @@ def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
     elif name == "c_distill_none":
         cfg["stage3"]["distill"].update(feature_loss="none", logit_weight=0.0)
     return {"recipe": recipe, "config": cfg}
+
+
+def sparse_rate(recipe: str, s: Dict[str, Any]) -> Dict[str, float]:
+    """Stage 1's BN-L1 rate: the recipe's default times ``sparsity_scale`` (nothing when the scale is 1)."""
+    scale = s.get("sparsity_scale", 1.0)
+    if scale == 1.0:
+        return {}
+    from prunekit.methods.slim_cwd import SlimSparseConfig
+    from prunekit.methods.stages import SparseStageConfig
+
+    return {"s": (SlimSparseConfig if recipe == "slim-cwd" else SparseStageConfig).s * scale}
 
 
 # Ablation arms start from c_gcp's finished stages that their settings share (same fingerprint, so they are reused).
@@ -156,7 +167,7 @@ def tp_pruner(model, x, ratio: float, s: Dict[str, Any]):
     import torch_pruning as tp
 
     return tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                     reg=s["tp_reg"], global_pruning=True, pruning_ratio=ratio,
+                                     reg=s["tp_reg"] * s.get("sparsity_scale", 1.0), global_pruning=True, pruning_ratio=ratio,
                                      max_pruning_ratio=s["max_ratio"], ignored_layers=[model.fc])
 
 
@@ -276,6 +287,9 @@ def main(argv: List[str]) -> int:
                         help="override the epochs of the sparse and fine-tuning stages")
     parser.add_argument("--train-subset", type=int, default=None, help="override the training subset size")
     parser.add_argument("--test-limit", type=int, default=None, help="override the number of test images")
+    parser.add_argument("--sparsity-scale", type=float, default=None,
+                        help="multiply every arm's sparsity strength (gcp's and slim-cwd's BN-L1 rate, Torch-Pruning's "
+                             "reg) by this factor: short schedules give the penalty far fewer steps than the papers'")
     parser.add_argument("--bn-recalibrate", type=int, default=None,
                         help="training images for the final BatchNorm re-estimation of every arm (0 = off)")
     args = parser.parse_args(argv)
@@ -293,10 +307,17 @@ def main(argv: List[str]) -> int:
         s["test_limit"] = args.test_limit
     if args.bn_recalibrate is not None:
         s["bn_recalibrate"] = args.bn_recalibrate
+    if args.sparsity_scale is not None and args.sparsity_scale != 1.0:
+        if args.sparsity_scale <= 0:
+            parser.error("--sparsity-scale must be > 0")
+        s["sparsity_scale"] = args.sparsity_scale  # absent at 1, so runs cached before the option still match
     # A run whose epochs differ from its mode's gets its own doc section, so it never overwrites the mode's figures.
     custom = (s["stage1_epochs"], s["stage3_epochs"]) != (MODES[mode]["stage1_epochs"], MODES[mode]["stage3_epochs"])
     scale = f"{mode}_{s['stage1_epochs']}_{s['stage3_epochs']}" if custom else mode
     title = f"{mode}, {s['stage1_epochs']}+{s['stage3_epochs']} epochs" if custom else mode
+    if "sparsity_scale" in s:
+        scale += f"_sparsity_x{s['sparsity_scale']:g}"
+        title += f", sparsity x{s['sparsity_scale']:g}"
     out = Path(args.out_dir or f"runs/pipeline_cifar_{scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
