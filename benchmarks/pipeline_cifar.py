@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -245,11 +245,15 @@ def markdown(rows: List[Dict[str, Any]], base: Dict[str, Any], targets, s: Dict[
         lines.append(f"| {r['label']} | {r['accuracy']:.4f} | {r['accuracy_stale_bn']:.4f} | {r['params']:,} | "
                      f"{r['macs']:,} | {r['macs'] / base['macs']:.3f} | {r['latency_ms']:.2f} | "
                      f"{r['epochs_total']} |")
-    lines += ["", *markdown_table(TARGET_COLUMNS, [[t["name"], f"{t['value']:.4g}", t["op"], str(t["target"]),
-                                                    str(t["passed"])] for t in targets])]
+    lines += ["", *targets_table(targets)]
     lines += ["", "Ablations (accuracy difference in points, same MACs, same epochs):", ""]
     lines += [f"- {text}: {value:+.2f}" for text, value in ablation_deltas(rows)]
     return "\n".join(lines) + "\n"
+
+
+def targets_table(targets) -> List[str]:
+    return markdown_table(TARGET_COLUMNS, [[t["name"], f"{t['value']:.4g}", t["op"], str(t["target"]), str(t["passed"])]
+                                           for t in targets])
 
 
 def ablation_deltas(rows: List[Dict[str, Any]]):
@@ -271,30 +275,7 @@ def ablation_deltas(rows: List[Dict[str, Any]]):
                       100 * (r["accuracy"] - r["accuracy_stale_bn"])) for r in rows]
 
 
-def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
-    parser.add_argument("--medium", action="store_true",
-                        help="all 50k train and 10k test images, 1+1 epochs (about 10 minutes per arm on 2 cores)")
-    parser.add_argument("--json", default=None, help="write the report here")
-    parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
-    parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<mode>)")
-    parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
-    parser.add_argument("--arms", default=",".join(LABELS), help="comma-separated arms to run")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("STAGE1", "STAGE3"),
-                        help="override the epochs of the sparse and fine-tuning stages")
-    parser.add_argument("--train-subset", type=int, default=None, help="override the training subset size")
-    parser.add_argument("--test-limit", type=int, default=None, help="override the number of test images")
-    parser.add_argument("--sparsity-scale", type=float, default=None,
-                        help="multiply every arm's sparsity strength (gcp's and slim-cwd's BN-L1 rate, Torch-Pruning's "
-                             "reg) by this factor: short schedules give the penalty far fewer steps than the papers'")
-    parser.add_argument("--bn-recalibrate", type=int, default=None,
-                        help="training images for the final BatchNorm re-estimation of every arm (0 = off)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+def settings_from_args(args, parser) -> Dict[str, Any]:
     if args.quick and args.medium:
         parser.error("--quick and --medium exclude each other")
     mode = "quick" if args.quick else "medium" if args.medium else "full"
@@ -307,17 +288,91 @@ def main(argv: List[str]) -> int:
         s["test_limit"] = args.test_limit
     if args.bn_recalibrate is not None:
         s["bn_recalibrate"] = args.bn_recalibrate
-    if args.sparsity_scale is not None and args.sparsity_scale != 1.0:
-        if args.sparsity_scale <= 0:
-            parser.error("--sparsity-scale must be > 0")
-        s["sparsity_scale"] = args.sparsity_scale  # absent at 1, so runs cached before the option still match
-    # A run whose epochs differ from its mode's gets its own doc section, so it never overwrites the mode's figures.
-    custom = (s["stage1_epochs"], s["stage3_epochs"]) != (MODES[mode]["stage1_epochs"], MODES[mode]["stage3_epochs"])
-    scale = f"{mode}_{s['stage1_epochs']}_{s['stage3_epochs']}" if custom else mode
-    title = f"{mode}, {s['stage1_epochs']}+{s['stage3_epochs']} epochs" if custom else mode
+    if args.sparsity_scale is not None and args.sparsity_scales:
+        parser.error("--sparsity-scale and --sparsity-scales exclude each other")
+    for k in [args.sparsity_scale or 1.0, *(args.sparsity_scales or [])]:
+        if k <= 0:
+            parser.error(f"sparsity scales must be > 0, got {k}")
+    return with_sparsity(s, args.sparsity_scale or 1.0)
+
+
+def with_sparsity(s: Dict[str, Any], scale: float) -> Dict[str, Any]:
+    """The settings at this sparsity scale; the key is absent at 1, so runs cached before the option still match."""
+    s = {k: v for k, v in s.items() if k != "sparsity_scale"}
+    return s if scale == 1.0 else {**s, "sparsity_scale": scale}
+
+
+def section_name(s: Dict[str, Any]) -> Tuple[str, str]:
+    """(doc-section key, title): a run that departs from its mode's settings gets its own section, so it never
+    overwrites the mode's figures."""
+    mode, base = s["mode"], MODES[s["mode"]]
+    key, title = [mode], [mode]
+    if (s["stage1_epochs"], s["stage3_epochs"]) != (base["stage1_epochs"], base["stage3_epochs"]):
+        key.append(f"{s['stage1_epochs']}_{s['stage3_epochs']}")
+        title.append(f"{s['stage1_epochs']}+{s['stage3_epochs']} epochs")
+    if s["train_subset"] != base["train_subset"]:
+        key.append(f"train{s['train_subset']}")
+        title.append(f"{s['train_subset']} training images")
+    if s["test_limit"] != base["test_limit"]:
+        key.append(f"test{s['test_limit']}")
+        title.append(f"{s['test_limit']} test images")
     if "sparsity_scale" in s:
-        scale += f"_sparsity_x{s['sparsity_scale']:g}"
-        title += f", sparsity x{s['sparsity_scale']:g}"
+        key.append(f"sparsity_x{s['sparsity_scale']:g}")
+        title.append(f"sparsity x{s['sparsity_scale']:g}")
+    return "_".join(key), ", ".join(title)
+
+
+def pipeline_targets(rows: List[Dict[str, Any]], base: Dict[str, Any], s: Dict[str, Any], suffix: str = ""):
+    by = {r["arm"]: r for r in rows}
+    targets = []
+    if all(k in by for k in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
+        best = max(by["c_gcp"]["accuracy"], by["d_slim_cwd"]["accuracy"])
+        targets.append(target(f"best(c,d) - b accuracy, points{suffix}",
+                              100 * (best - by["b_tp_gnorm"]["accuracy"]), ">=", 0.5))
+    macs = [r["macs"] for r in rows]
+    targets.append(target(f"MACs spread across arms (max/min - 1){suffix}", max(macs) / min(macs) - 1, "<=", 0.02))
+    targets.append(target(f"MACs kept, worst arm vs 0.5 (relative error){suffix}",
+                          max(abs(m / base["macs"] - s["keep_macs"]) / s["keep_macs"] for m in macs), "<=", 0.02))
+    return targets
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2.5k train images, 2k test images, 1+1 epochs (a smoke run, under 10 min on 2 cores)")
+    parser.add_argument("--medium", action="store_true",
+                        help="all 50k train and 10k test images, 1+1 epochs (about 10 minutes per arm on 2 cores)")
+    parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--md", default=None, help="write the markdown table here (e.g. docs/results_cifar.md)")
+    parser.add_argument("--out-dir", default=None, help="run folder (default runs/pipeline_cifar_<section>)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    parser.add_argument("--arms", default=",".join(LABELS), help="comma-separated arms to run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("STAGE1", "STAGE3"),
+                        help="override the epochs of the sparse and fine-tuning stages")
+    parser.add_argument("--train-subset", type=int, default=None, help="override the training subset size")
+    parser.add_argument("--test-limit", type=int, default=None, help="override the number of test images")
+    parser.add_argument("--sparsity-scale", type=float, default=None,
+                        help="multiply every arm's sparsity strength (gcp's and slim-cwd's BN-L1 rate, Torch-Pruning's "
+                             "reg) by this factor: short schedules give the penalty far fewer steps than the papers'")
+    parser.add_argument("--sparsity-scales", type=float, nargs="+", default=None, metavar="K",
+                        help="ablation: run the arms at each of these sparsity scales (each in <out-dir>/sparsity_xK) "
+                             "and report them in one table")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                        help="run the arms once per seed (with --sparsity-scales: per scale and seed) and report the "
+                             "spread over seeds")
+    parser.add_argument("--bn-recalibrate", type=int, default=None,
+                        help="training images for the final BatchNorm re-estimation of every arm (0 = off)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    s = settings_from_args(args, parser)
+    scale, title = section_name(s)
+    sweep = bool(args.sparsity_scales or args.seeds)
+    if sweep:
+        scale += "_sweep" + ("_sparsity" if args.sparsity_scales else "") + ("_seeds" if args.seeds else "")
+        title += ", sweep over " + " and ".join(w for w, on in (("sparsity scales", args.sparsity_scales),
+                                                                ("seeds", args.seeds)) if on)
     out = Path(args.out_dir or f"runs/pipeline_cifar_{scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -326,16 +381,11 @@ def main(argv: List[str]) -> int:
     task = ClassificationTask(TaskConfig(**task_section(s)), s["seed"])
     original = task.build()
     base = {"accuracy": task.accuracy(original), **task.cost(original), "latency_ms": task.latency_ms(original)}
-    rows = [run_arm(name, s, out) for name in args.arms.split(",") if name]
-    by = {r["arm"]: r for r in rows}
-    targets = []
-    if all(k in by for k in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
-        best = max(by["c_gcp"]["accuracy"], by["d_slim_cwd"]["accuracy"])
-        targets.append(target("best(c,d) - b accuracy, points", 100 * (best - by["b_tp_gnorm"]["accuracy"]), ">=", 0.5))
-    macs = [r["macs"] for r in rows]
-    targets.append(target("MACs spread across arms (max/min - 1)", max(macs) / min(macs) - 1, "<=", 0.02))
-    targets.append(target("MACs kept, worst arm vs 0.5 (relative error)",
-                          max(abs(m / base["macs"] - s["keep_macs"]) / s["keep_macs"] for m in macs), "<=", 0.02))
+    arms = [name for name in args.arms.split(",") if name]
+    if sweep:
+        return run_sweep(args, argv, start, s, arms, out, base, scale, title)
+    rows = [run_arm(name, s, out) for name in arms]
+    targets = pipeline_targets(rows, base, s)
     print_table(f"CIFAR-10 pipeline ({title})",
                 ["arm", "accuracy", "stale BN", "params", "MACs", "kept", "latency ms", "epochs"],
                 [["original", base["accuracy"], base["accuracy"], base["params"], base["macs"], 1.0,
@@ -348,17 +398,103 @@ def main(argv: List[str]) -> int:
     payload = report("pipeline_cifar", argv, start, rows, targets, settings=s, original=base,
                      load_average=os.getloadavg(), threads=args.threads,
                      arm_seconds_total=round(sum(r["seconds"] for r in rows), 1))
+    write_outputs(args, payload, scale, title, markdown(rows, base, targets, s, payload["command"]))
+    return 0
+
+
+def write_outputs(args, payload: Dict[str, Any], scale: str, title: str, body: str) -> None:
     if args.json:
         write_json(args.json, payload)
     if args.md:
-        body = markdown(rows, base, targets, s, payload["command"])
         if not Path(args.md).exists():
             from prunekit.io import atomic_write_text
 
             atomic_write_text(args.md, "# CIFAR-10 compression pipeline (papers 1 and 3)\n\nGenerated by "
                               "`benchmarks/pipeline_cifar.py`; each mode writes its own section.\n")
         update_doc_section(args.md, f"pipeline_cifar_{scale}", f"Compression pipeline on CIFAR-10 ({title})", body)
+
+
+# ------------------------------------------------------------------------------------------ sparsity-scale ablation
+
+
+def stage_view(row: Dict[str, Any]) -> Tuple[Any, Any, Any]:
+    """(accuracy after sparse training, fraction of BN scales below 1e-2, accuracy just after pruning) of any arm;
+    None where the arm has no such figure (L1 has no sparse stage; Torch-Pruning's arm reports no BN scales)."""
+    stages = row.get("stages")
+    if stages:
+        return stages["sparse"]["accuracy"], stages["sparse"].get("gamma_below_1e_2"), stages["prune"]["accuracy"]
+    return row.get("sparse_accuracy"), None, row.get("pruned_accuracy")
+
+
+def run_sweep(args, argv, start, s, arms, out: Path, base, scale: str, title: str) -> int:
+    """Run the arms at every (sparsity scale, seed) pair, each pair in its own folder of `out`; one table, and per
+    scale the mean and spread over seeds of each arm and of best(c,d) - b."""
+    rows, targets = [], []
+    for k in args.sparsity_scales or [s.get("sparsity_scale", 1.0)]:
+        for seed in args.seeds or [s["seed"]]:
+            sk = {**with_sparsity(s, k), "seed": seed}
+            folder = out / (f"sparsity_x{k:g}" + (f"_seed{seed}" if seed != COMMON["seed"] else ""))
+            rows_k = [{**run_arm(name, sk, folder), "sparsity_scale": k, "seed": seed} for name in arms]
+            rows += rows_k
+            targets += pipeline_targets(rows_k, base, sk, f", sparsity x{k:g}, seed {seed}")
+    cells = [[r["sparsity_scale"], r["seed"], r["label"], *stage_view(r), r["accuracy"], r["macs"] / base["macs"]]
+             for r in rows]
+    print_table(f"CIFAR-10 pipeline ({title})", ["scale", "seed", "arm", "after sparse", "BN |gamma|<1e-2",
+                                                 "after prune", "accuracy", "kept"], cells)
+    print_targets(targets)
+    spread = seed_spread(rows)
+    for line in spread:
+        print(" ", " ".join(str(v) for v in line))
+    payload = report("pipeline_cifar", argv, start, rows, targets, settings=s, original=base,
+                     sparsity_scales=args.sparsity_scales, seeds=args.seeds, seed_spread=spread,
+                     load_average=os.getloadavg(), threads=args.threads,
+                     arm_seconds_total=round(sum(r["seconds"] for r in rows), 1))
+    write_outputs(args, payload, scale, title, sweep_markdown(cells, spread, base, targets, s, payload["command"]))
     return 0
+
+
+def seed_spread(rows: List[Dict[str, Any]]) -> List[List[Any]]:
+    """[scale, what, seeds, mean, std] per sparsity scale over its seeds: each arm's accuracy and best(c,d) - b, in
+    points (std is the sample standard deviation; empty with one seed)."""
+    import statistics
+
+    out = []
+    for k in sorted({r["sparsity_scale"] for r in rows}):
+        at = [r for r in rows if r["sparsity_scale"] == k]
+        series = {r["arm"]: [] for r in at}
+        gaps = []
+        for seed in sorted({r["seed"] for r in at}):
+            acc = {r["arm"]: 100 * r["accuracy"] for r in at if r["seed"] == seed}
+            for arm, value in acc.items():
+                series[arm].append(value)
+            if all(a in acc for a in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
+                gaps.append(max(acc["c_gcp"], acc["d_slim_cwd"]) - acc["b_tp_gnorm"])
+        if gaps:
+            series["best(c,d) - b"] = gaps
+        for what, values in series.items():
+            std = statistics.stdev(values) if len(values) > 1 else None
+            out.append([k, what, len(values), round(statistics.fmean(values), 2), std and round(std, 2)])
+    return out
+
+
+def sweep_markdown(cells, spread, base, targets, s: Dict[str, Any], command: str) -> str:
+    def show(v):
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [f"Command: `{command}`", "",
+             f"Settings: {json.dumps(s)}. Each arm's sparsity strength (gcp's BN-L1 rate s = 1e-3, slim-cwd's "
+             f"s0 = 1e-4, Torch-Pruning's reg = {s['tp_reg']}) is multiplied by the scale; everything else is as in "
+             f"the main table. The original network scores {base['accuracy']:.4f} on these test images.", "",
+             *markdown_table(["sparsity scale", "seed", "arm", "accuracy after sparse training",
+                              "BN scales below 1e-2", "accuracy just after pruning", "final accuracy", "MACs kept"],
+                             [[f"x{c[0]:g}", str(c[1]), c[2], *[show(v) for v in c[3:7]], f"{c[7]:.3f}"]
+                              for c in cells]), "",
+             "Over seeds (accuracy in points; std: sample standard deviation):", "",
+             *markdown_table(["sparsity scale", "arm or difference", "seeds", "mean", "std"],
+                             [[f"x{k:g}", what, str(n), f"{mean:.2f}", "-" if std is None else f"{std:.2f}"]
+                              for k, what, n, mean, std in spread]), "",
+             *targets_table(targets)]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""The CIFAR pipeline benchmark's --sparsity-scale scales every arm's sparsity strength by the same factor."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunekit.methods.slim_cwd import SlimSparseConfig
+from prunekit.methods.stages import SparseStageConfig
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("pipeline_cifar_under_test", BENCH / "pipeline_cifar.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def settings(bench, **extra):
+    return {**bench.COMMON, **bench.MODES["quick"], "mode": "quick", **extra}
+
+
+def test_scale_one_leaves_the_recipes_defaults(bench, tmp_path):
+    s = settings(bench)
+    for arm in ("c_gcp", "d_slim_cwd"):
+        assert "s" not in bench.recipe_config(arm, s, tmp_path)["config"]["stage1"]
+
+
+def test_scale_multiplies_each_recipes_own_default(bench, tmp_path):
+    s = settings(bench, sparsity_scale=20.0)
+    gcp = bench.recipe_config("c_gcp", s, tmp_path)["config"]["stage1"]["s"]
+    slim = bench.recipe_config("d_slim_cwd", s, tmp_path)["config"]["stage1"]["s"]
+    assert gcp == pytest.approx(20 * SparseStageConfig.s)
+    assert slim == pytest.approx(20 * SlimSparseConfig.s)
+    # the ablations of gcp get the same rate as gcp, so each ablation changes one thing
+    assert bench.recipe_config("c_const_rate", s, tmp_path)["config"]["stage1"]["s"] == gcp
+
+
+def test_scale_multiplies_torch_pruning_reg(bench):
+    pytest.importorskip("torch_pruning")
+    import torch
+
+    from prunekit.models import build
+
+    model = build("cifar_resnet56_b", pretrained=False)
+    x = torch.randn(1, 3, 32, 32)
+    base = bench.tp_pruner(model, x, 0.5, settings(bench)).reg
+    scaled = bench.tp_pruner(model, x, 0.5, settings(bench, sparsity_scale=20.0)).reg
+    assert base == pytest.approx(bench.COMMON["tp_reg"])
+    assert scaled == pytest.approx(20 * base)
