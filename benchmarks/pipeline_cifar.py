@@ -14,6 +14,12 @@ bisected to the same target) and the same total training epochs:
     python benchmarks/pipeline_cifar.py --quick --json out.json [--md docs/results_cifar.md]
     python benchmarks/pipeline_cifar.py --medium --json out.json   # every image, 1+1 epochs (about 1 h on 2 cores)
     python benchmarks/pipeline_cifar.py --json out.json            # full mode (the papers' scale: use a GPU)
+    python benchmarks/pipeline_cifar.py --medium --train-subset 10000 --test-limit 5000 \
+        --arms b_tp_gnorm,c_gcp,d_slim_cwd --sparsity-scales 1 10 50 --seeds 0 1 2 --json out.json  # ablation sweep
+
+--sparsity-scale K multiplies every arm's sparsity strength alike (gcp's and slim-cwd's BN-L1 rate, Torch-Pruning's
+reg): a short schedule gives the penalty far fewer steps than the papers' runs. A sweep (--sparsity-scales and/or
+--seeds) runs each (scale, seed) pair in its own sub-folder and reports one table with the spread over seeds.
 
 Rerunning the same command resumes: finished arms and stages are read back from --out-dir.
 """

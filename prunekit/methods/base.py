@@ -185,14 +185,18 @@ class Recipe:
 
     # ------------------------------------------------------------------------------------------------- running
     def fingerprint(self, upto: int) -> str:
-        """Hash of the task section plus the sections of stages 0..`upto`, without run-control keys."""
+        """Hash of `fingerprint_settings(upto)`."""
+        return _hash(self.fingerprint_settings(upto))
+
+    def fingerprint_settings(self, upto: int) -> Dict[str, Any]:
+        """The task section plus the sections of stages 0..`upto`, without run-control keys (JSON-ready)."""
         stages = self.stages()
         sections = ["task"] + [s for stage in stages[:upto + 1] for s in stage.sections]
         data = {"recipe": self.name, "version": self.Config.VERSION, "seed": self.config.seed,
                 **{s: _section_dict(getattr(self.config, s)) for s in sections}}
         if self.config.task.weights is not None:  # the starting weights' content, not just their path
             data["weights_digest"] = self._weights_digest()
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return json.loads(json.dumps(data, sort_keys=True, default=str))
 
     def run(self) -> Dict[str, Any]:
         """Run (or resume) every stage; returns the result dict also written to ``<out_dir>/result.json``."""
@@ -208,11 +212,12 @@ class Recipe:
             folders: Dict[str, Path] = {}
             for i, stage in enumerate(stages):
                 folder = out / f"{i + 1}_{stage.name}"
-                fp = self.fingerprint(i)
-                info = self._finished(folder, fp, stage.name)
+                settings = self.fingerprint_settings(i)
+                fp = _hash(settings)
+                info = self._finished(folder, fp, settings, stage.name)
                 if info is None:
-                    self._claim(folder, fp, stage.name, [out / f"{j + 1}_{s.name}" for j, s in enumerate(stages)
-                                                         if j > i])
+                    self._claim(folder, fp, settings, stage.name,
+                                [out / f"{j + 1}_{s.name}" for j, s in enumerate(stages) if j > i])
                     t0 = time.perf_counter()
                     output = stage.run(StageContext(self, task, folder, dict(folders)))
                     info = {**output.info, "seconds": round(time.perf_counter() - t0, 2)}
@@ -222,7 +227,7 @@ class Recipe:
                         return self._write(out, result, started)
                     save_stage_model(folder / "model", output.model, output.plan)
                     atomic_write_text(folder / DONE_FILE, json.dumps({"stage": stage.name, "fingerprint": fp,
-                                                                      "info": info}, indent=2))
+                                                                      "settings": settings, "info": info}, indent=2))
                 folders[stage.name] = folder
                 result["stages"][stage.name] = info
             final = load_stage_model(folders[stages[-1].name] / "model", task)
@@ -262,7 +267,7 @@ class Recipe:
         atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=2))
         return metrics
 
-    def _finished(self, folder: Path, fp: str, name: str) -> Optional[Dict[str, Any]]:
+    def _finished(self, folder: Path, fp: str, settings: Dict[str, Any], name: str) -> Optional[Dict[str, Any]]:
         """The facts of a finished stage with this fingerprint; None when it must (re)run."""
         marker = folder / DONE_FILE
         if not marker.exists():
@@ -270,26 +275,53 @@ class Recipe:
         data = json.loads(marker.read_text())
         if data.get("fingerprint") == fp and (folder / "model").is_dir():
             return data["info"]
-        self._refuse_or_clear(folder, name)
+        self._refuse_or_clear(folder, name, settings, data)
         return None
 
-    def _claim(self, folder: Path, fp: str, name: str, later: List[Path]) -> None:
+    def _claim(self, folder: Path, fp: str, settings: Dict[str, Any], name: str, later: List[Path]) -> None:
         """Mark `folder` as this configuration's (refusing another's) and clear later stages' folders."""
         started = folder / STARTED_FILE
-        if started.exists() and json.loads(started.read_text()).get("fingerprint") != fp:
-            self._refuse_or_clear(folder, name)
+        if started.exists():
+            data = json.loads(started.read_text())
+            if data.get("fingerprint") != fp:
+                self._refuse_or_clear(folder, name, settings, data)
         for path in later:
             if path.exists():
                 shutil.rmtree(path)
         folder.mkdir(parents=True, exist_ok=True)
         if not started.exists():
-            atomic_write_text(started, json.dumps({"stage": name, "fingerprint": fp}))
+            atomic_write_text(started, json.dumps({"stage": name, "fingerprint": fp, "settings": settings}))
 
-    def _refuse_or_clear(self, folder: Path, name: str) -> None:
+    def _refuse_or_clear(self, folder: Path, name: str, settings: Dict[str, Any], found: Dict[str, Any]) -> None:
         if not self.config.overwrite:
+            if "settings" in found:
+                changed = settings_diff(found["settings"], settings)
+                why = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+            else:  # folders written before the settings were recorded beside the fingerprint
+                why = "an earlier prunekit made it and did not record its settings: the task or stage sections " \
+                      "changed, or a newer prunekit added keys to them"
             raise ConfigError(f"recipe {self.name}: stage '{name}' in {folder} was made with different settings "
-                              f"(task or stage sections changed); use another out_dir or set overwrite=true")
+                              f"({why}); use another out_dir or set overwrite=true")
         shutil.rmtree(folder)
+
+
+def _hash(settings: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_diff(old: Any, new: Any, prefix: str = "") -> List[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs (``absent`` where one side lacks it)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: List[str] = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                side = lambda d: json.dumps(d[key]) if key in d else "absent"  # noqa: E731
+                out.append(f"{path}: {side(old)} -> {side(new)}")
+            else:
+                out += settings_diff(old[key], new[key], path)
+        return out
+    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
 class SparsePruneFinetuneRecipe(Recipe):

@@ -57,3 +57,20 @@ def test_scale_multiplies_torch_pruning_reg(bench):
     scaled = bench.tp_pruner(model, x, 0.5, settings(bench, sparsity_scale=20.0)).reg
     assert base == pytest.approx(bench.COMMON["tp_reg"])
     assert scaled == pytest.approx(20 * base)
+
+
+def test_every_override_gets_its_own_doc_section(bench):
+    assert bench.section_name(settings(bench)) == ("quick", "quick")
+    key, title = bench.section_name(settings(bench, train_subset=10000, stage1_epochs=2, sparsity_scale=10.0))
+    assert key == "quick_2_1_train10000_sparsity_x10"
+    assert title == "quick, 2+1 epochs, 10000 training images, sparsity x10"
+
+
+def test_seed_spread_pairs_the_arms_of_each_seed(bench):
+    rows = [{"arm": arm, "accuracy": acc, "sparsity_scale": 1.0, "seed": seed}
+            for seed, accs in ((0, (0.80, 0.81, 0.79)), (1, (0.82, 0.81, 0.83)))
+            for arm, acc in zip(("b_tp_gnorm", "c_gcp", "d_slim_cwd"), accs)]
+    spread = {what: (n, mean, std) for _, what, n, mean, std in bench.seed_spread(rows)}
+    assert spread["b_tp_gnorm"] == (2, 81.0, pytest.approx(1.41, abs=0.01))
+    # seed 0: c - b = +1; seed 1: d - b = +1, so the paired gap is +1 with no spread
+    assert spread["best(c,d) - b"] == (2, 1.0, 0.0)

@@ -13,7 +13,7 @@ import prunekit
 from prunekit.models import build
 from prunekit.errors import ConfigError
 from prunekit.methods import RECIPES
-from prunekit.methods.base import PruneStageConfig, load_stage_model, prune_with_folding
+from prunekit.methods.base import PruneStageConfig, load_stage_model, prune_with_folding, settings_diff
 from prunekit.methods.task import ClassificationTask, TaskConfig
 from prunekit.methods.gcp import GCPRecipe, assign_scopes
 from prunekit.methods.slim_cwd import SlimCWDRecipe
@@ -81,8 +81,20 @@ def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), key
     assert resumed["accuracy"] == straight["accuracy"]
     # a changed stage-2 setting on the same folder is refused by name, unless overwrite is set
-    with pytest.raises(ConfigError, match=r"stage 'prune' .* different settings"):
-        SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage2": {"keep_macs": 0.6}})).run()
+    with pytest.raises(ConfigError, match=r"stage 'prune' .* different settings \(stage2.keep_macs: 0.5 -> 0.6\)"):
+        SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage2": {**sections["stage2"], "keep_macs": 0.6}})).run()
+    # a folder from before the settings were recorded beside the fingerprint: still refused, with the likely causes
+    marker = tmp_path / "b" / "2_prune" / "done.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "settings"}))
+    with pytest.raises(ConfigError, match=r"stage 'prune' .* did not record its settings"):
+        SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage2": {**sections["stage2"], "keep_macs": 0.6}})).run()
+
+
+def test_settings_diff_names_every_changed_key():
+    old = {"task": {"batch_size": 64, "augment": "standard"}, "stage1": {"s": 1e-3}}
+    new = {"task": {"batch_size": 128, "augment": "standard", "image_size": None}, "stage1": {"s": 1e-3}}
+    assert settings_diff(old, new) == ["task.batch_size: 64 -> 128", "task.image_size: absent -> null"]
+    assert settings_diff(old, old) == []
 
 
 @pytest.mark.parametrize("sections, message", [
