@@ -376,9 +376,7 @@ def main(argv: List[str]) -> int:
     scale, title = section_name(s)
     sweep = bool(args.sparsity_scales or args.seeds)
     if sweep:
-        scale += "_sweep" + ("_sparsity" if args.sparsity_scales else "") + ("_seeds" if args.seeds else "")
-        title += ", sweep over " + " and ".join(w for w, on in (("sparsity scales", args.sparsity_scales),
-                                                                ("seeds", args.seeds)) if on)
+        scale, title = sweep_name(scale, title, args.sparsity_scales or [], args.seeds or [])
     out = Path(args.out_dir or f"runs/pipeline_cifar_{scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -423,6 +421,18 @@ def write_outputs(args, payload: Dict[str, Any], scale: str, title: str, body: s
 # ------------------------------------------------------------------------------------------ sparsity-scale ablation
 
 
+def sweep_name(key: str, title: str, scales: List[float], seeds: List[int]) -> Tuple[str, str]:
+    """Section key and title of a sweep, named by the dimensions that take more than one value (a single value is
+    a fixed setting, named as such)."""
+    swept = [(word, tag) for word, tag, values in (("sparsity scales", "sparsity", scales), ("seeds", "seeds", seeds))
+             if len(values) > 1]
+    fixed = [f"sparsity x{scales[0]:g}"] if len(scales) == 1 and scales[0] != 1 else []
+    fixed += [f"seed {seeds[0]}"] if len(seeds) == 1 and seeds[0] != COMMON["seed"] else []
+    key += "_sweep" + "".join("_" + tag for _, tag in swept) + "".join("_" + f.replace(" ", "") for f in fixed)
+    title += "".join(", " + f for f in fixed) + (", sweep over " + " and ".join(w for w, _ in swept) if swept else "")
+    return key, title
+
+
 def stage_view(row: Dict[str, Any]) -> Tuple[Any, Any, Any]:
     """(accuracy after sparse training, fraction of BN scales below 1e-2, accuracy just after pruning) of any arm;
     None where the arm has no such figure (L1 has no sparse stage; Torch-Pruning's arm reports no BN scales)."""
@@ -449,8 +459,8 @@ def run_sweep(args, argv, start, s, arms, out: Path, base, scale: str, title: st
                                                  "after prune", "accuracy", "kept"], cells)
     print_targets(targets)
     spread = seed_spread(rows)
-    for line in spread:
-        print(" ", " ".join(str(v) for v in line))
+    if any(n > 1 for _, _, n, _, _ in spread):
+        print_table("accuracy over seeds, points", ["scale", "arm or difference", "seeds", "mean", "std"], spread)
     payload = report("pipeline_cifar", argv, start, rows, targets, settings=s, original=base,
                      sparsity_scales=args.sparsity_scales, seeds=args.seeds, seed_spread=spread,
                      load_average=os.getloadavg(), threads=args.threads,
@@ -487,19 +497,21 @@ def sweep_markdown(cells, spread, base, targets, s: Dict[str, Any], command: str
     def show(v):
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    several_seeds = any(n > 1 for _, _, n, _, _ in spread)
+    shown = {k: v for k, v in s.items() if not (several_seeds and k == "seed")}  # the seed is per row then
+    over_seeds = ["Over seeds (accuracy in points; std: sample standard deviation):", "",
+                  *markdown_table(["sparsity scale", "arm or difference", "seeds", "mean", "std"],
+                                  [[f"x{k:g}", what, str(n), f"{mean:.2f}", "-" if std is None else f"{std:.2f}"]
+                                   for k, what, n, mean, std in spread]), ""] if several_seeds else []
     lines = [f"Command: `{command}`", "",
-             f"Settings: {json.dumps(s)}. Each arm's sparsity strength (gcp's BN-L1 rate s = 1e-3, slim-cwd's "
+             f"Settings: {json.dumps(shown)}. Each arm's sparsity strength (gcp's BN-L1 rate s = 1e-3, slim-cwd's "
              f"s0 = 1e-4, Torch-Pruning's reg = {s['tp_reg']}) is multiplied by the scale; everything else is as in "
              f"the main table. The original network scores {base['accuracy']:.4f} on these test images.", "",
              *markdown_table(["sparsity scale", "seed", "arm", "accuracy after sparse training",
                               "BN scales below 1e-2", "accuracy just after pruning", "final accuracy", "MACs kept"],
                              [[f"x{c[0]:g}", str(c[1]), c[2], *[show(v) for v in c[3:7]], f"{c[7]:.3f}"]
                               for c in cells]), "",
-             "Over seeds (accuracy in points; std: sample standard deviation):", "",
-             *markdown_table(["sparsity scale", "arm or difference", "seeds", "mean", "std"],
-                             [[f"x{k:g}", what, str(n), f"{mean:.2f}", "-" if std is None else f"{std:.2f}"]
-                              for k, what, n, mean, std in spread]), "",
-             *targets_table(targets)]
+             *over_seeds, *targets_table(targets)]
     return "\n".join(lines) + "\n"
 
 

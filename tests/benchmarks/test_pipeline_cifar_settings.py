@@ -74,3 +74,15 @@ def test_seed_spread_pairs_the_arms_of_each_seed(bench):
     assert spread["b_tp_gnorm"] == (2, 81.0, pytest.approx(1.41, abs=0.01))
     # seed 0: c - b = +1; seed 1: d - b = +1, so the paired gap is +1 with no spread
     assert spread["best(c,d) - b"] == (2, 1.0, 0.0)
+
+
+def test_a_sweep_is_named_by_the_dimensions_that_vary(bench):
+    assert bench.sweep_name("m", "medium", [1, 10, 50], []) == ("m_sweep_sparsity", "medium, sweep over sparsity scales")
+    assert bench.sweep_name("m", "medium", [1], [0, 1, 2]) == ("m_sweep_seeds", "medium, sweep over seeds")
+    assert bench.sweep_name("m", "medium", [1, 10], [0, 1]) == (
+        "m_sweep_sparsity_seeds", "medium, sweep over sparsity scales and seeds")
+    # a single value that is not the default is a fixed setting, named so two such runs never share a section
+    assert bench.sweep_name("m", "medium", [10], [0, 1]) == ("m_sweep_seeds_sparsityx10",
+                                                            "medium, sparsity x10, sweep over seeds")
+    assert bench.sweep_name("m", "medium", [1, 10], [3]) == ("m_sweep_sparsity_seed3",
+                                                            "medium, seed 3, sweep over sparsity scales")
