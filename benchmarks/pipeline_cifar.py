@@ -8,7 +8,8 @@ bisected to the same target) and the same total training epochs:
                 update_regularizer() at the start), global pruning, then fine-tuning
     c_gcp       `prunekit run gcp`: dynamic sparse training, group channel pruning, spatial attention distillation
     d_slim_cwd  `prunekit run slim-cwd`: linear-decay sparse training, global |gamma| pruning, channel-wise distillation
-    ablations on c: constant sparse rate; one global threshold; CWD / logit-only / no distillation in stage 3
+    ablations on c: constant sparse rate; one global threshold; CWD / logit-only / no distillation in stage 3;
+                attention plus logit KD (paper 1's AT_str=3 variant, T = 3)
     d_global    slim-cwd with the author repo's global |gamma| threshold instead of the paper's uniform ratio
 
     python benchmarks/pipeline_cifar.py --quick --json out.json [--md docs/results_cifar.md]
@@ -60,6 +61,7 @@ LABELS = {
     "c_distill_cwd": "ablation c: channel-wise distillation",
     "c_distill_logit": "ablation c: logit-only distillation",
     "c_distill_none": "ablation c: no distillation",
+    "c_distill_at_logit": "ablation c: attention plus logit KD",
     "d_global_threshold": "variant d: one global threshold (author repo)",
 }
 
@@ -89,6 +91,8 @@ def recipe_config(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
         cfg["stage3"]["distill"].update(feature_loss="none", logit_weight=1.0)
     elif name == "c_distill_none":
         cfg["stage3"]["distill"].update(feature_loss="none", logit_weight=0.0)
+    elif name == "c_distill_at_logit":
+        cfg["stage3"]["distill"].update(logit_weight=1.0, temperature=3.0)
     return {"recipe": recipe, "config": cfg}
 
 
@@ -106,7 +110,8 @@ def sparse_rate(recipe: str, s: Dict[str, Any]) -> Dict[str, float]:
 # Ablation arms start from c_gcp's finished stages that their settings share (same fingerprint, so they are reused).
 SHARED = {"c_global_threshold": ["1_sparse"], "d_global_threshold": ["1_sparse"],
           "c_distill_cwd": ["1_sparse", "2_prune"],
-          "c_distill_logit": ["1_sparse", "2_prune"], "c_distill_none": ["1_sparse", "2_prune"]}
+          "c_distill_logit": ["1_sparse", "2_prune"], "c_distill_none": ["1_sparse", "2_prune"],
+          "c_distill_at_logit": ["1_sparse", "2_prune"]}
 
 
 def run_recipe_arm(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
@@ -264,21 +269,26 @@ def targets_table(targets) -> List[str]:
 
 def ablation_deltas(rows: List[Dict[str, Any]]):
     """(description, accuracy difference in points) for every ablation whose two arms ran."""
-    acc = {r["arm"]: 100 * r["accuracy"] for r in rows}
-    pairs = [("variable minus constant sparse rate (gcp)", "c_gcp", "c_const_rate"),
-             ("per-group minus global threshold (gcp)", "c_gcp", "c_global_threshold"),
-             ("uniform minus global threshold (slim-cwd)", "d_slim_cwd", "d_global_threshold"),
-             ("spatial attention minus no distillation", "c_gcp", "c_distill_none"),
-             ("channel-wise minus no distillation", "c_distill_cwd", "c_distill_none"),
-             ("logit-only minus no distillation", "c_distill_logit", "c_distill_none"),
-             ("spatial attention minus channel-wise", "c_gcp", "c_distill_cwd")]
-    deltas = [(text, acc[a] - acc[b]) for text, a, b in pairs if a in acc and b in acc]
+    deltas = ablation_pairs({r["arm"]: 100 * r["accuracy"] for r in rows})
     stale = {r["arm"]: 100 * r["accuracy_stale_bn"] for r in rows}
     if all(k in stale for k in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
         deltas.append(("best(c,d) minus b, every arm with stale BN statistics",
                        max(stale["c_gcp"], stale["d_slim_cwd"]) - stale["b_tp_gnorm"]))
     return deltas + [(f"BN re-estimation minus stale statistics ({r['arm']})",
                       100 * (r["accuracy"] - r["accuracy_stale_bn"])) for r in rows]
+
+
+def ablation_pairs(acc: Dict[str, float]) -> List[Tuple[str, float]]:
+    """(description, difference in points) of each ablation pair present in ``acc`` (arm -> accuracy in points)."""
+    pairs = [("variable minus constant sparse rate (gcp)", "c_gcp", "c_const_rate"),
+             ("per-group minus global threshold (gcp)", "c_gcp", "c_global_threshold"),
+             ("uniform minus global threshold (slim-cwd)", "d_slim_cwd", "d_global_threshold"),
+             ("spatial attention minus no distillation", "c_gcp", "c_distill_none"),
+             ("channel-wise minus no distillation", "c_distill_cwd", "c_distill_none"),
+             ("logit-only minus no distillation", "c_distill_logit", "c_distill_none"),
+             ("spatial attention minus channel-wise", "c_gcp", "c_distill_cwd"),
+             ("attention plus logit KD minus attention alone", "c_distill_at_logit", "c_gcp")]
+    return [(text, acc[a] - acc[b]) for text, a, b in pairs if a in acc and b in acc]
 
 
 def settings_from_args(args, parser) -> Dict[str, Any]:
@@ -470,23 +480,27 @@ def run_sweep(args, argv, start, s, arms, out: Path, base, scale: str, title: st
 
 
 def seed_spread(rows: List[Dict[str, Any]]) -> List[List[Any]]:
-    """[scale, what, seeds, mean, std] per sparsity scale over its seeds: each arm's accuracy and best(c,d) - b, in
-    points (std is the sample standard deviation; empty with one seed)."""
+    """[scale, what, seeds, mean, std] per sparsity scale over its seeds: each arm's accuracy, best(c,d) - b and each
+    ablation difference (paired within a seed), in points (std is the sample standard deviation; None with one
+    seed)."""
     import statistics
 
     out = []
     for k in sorted({r["sparsity_scale"] for r in rows}):
         at = [r for r in rows if r["sparsity_scale"] == k]
         series = {r["arm"]: [] for r in at}
-        gaps = []
+        gaps, paired = [], {}
         for seed in sorted({r["seed"] for r in at}):
             acc = {r["arm"]: 100 * r["accuracy"] for r in at if r["seed"] == seed}
             for arm, value in acc.items():
                 series[arm].append(value)
             if all(a in acc for a in ("b_tp_gnorm", "c_gcp", "d_slim_cwd")):
                 gaps.append(max(acc["c_gcp"], acc["d_slim_cwd"]) - acc["b_tp_gnorm"])
+            for text, delta in ablation_pairs(acc):
+                paired.setdefault(text, []).append(delta)
         if gaps:
             series["best(c,d) - b"] = gaps
+        series.update(paired)
         for what, values in series.items():
             std = statistics.stdev(values) if len(values) > 1 else None
             out.append([k, what, len(values), round(statistics.fmean(values), 2), std and round(std, 2)])

@@ -86,3 +86,37 @@ def test_a_sweep_is_named_by_the_dimensions_that_vary(bench):
                                                             "medium, sparsity x10, sweep over seeds")
     assert bench.sweep_name("m", "medium", [1, 10], [3]) == ("m_sweep_sparsity_seed3",
                                                             "medium, seed 3, sweep over sparsity scales")
+
+
+def test_ablation_arms_share_exactly_the_stages_they_reuse(bench, tmp_path):
+    """An ablation arm copies its parent's finished stages; that is only sound when the sections those stages read
+    are equal, and the arm must still differ from its parent somewhere after them."""
+    s = settings(bench)
+    sections = {"1_sparse": ("task", "stage1"), "2_prune": ("task", "stage1", "stage2")}
+    for arm, stages in bench.SHARED.items():
+        parent = "d_slim_cwd" if arm.startswith("d_") else "c_gcp"
+        mine = bench.recipe_config(arm, s, tmp_path)
+        theirs = bench.recipe_config(parent, s, tmp_path)
+        assert mine["recipe"] == theirs["recipe"], arm
+        for key in sections[stages[-1]]:
+            assert mine["config"][key] == theirs["config"][key], (arm, key)
+        later = [k for k in ("stage2", "stage3") if k not in sections[stages[-1]]]
+        assert any(mine["config"][k] != theirs["config"][k] for k in later), arm
+
+
+def test_attention_plus_logit_arm_adds_paper_1s_output_kd(bench, tmp_path):
+    from prunekit.methods.stages import DistillConfig
+
+    distill = DistillConfig(**bench.recipe_config("c_distill_at_logit", settings(bench), tmp_path)
+                            ["config"]["stage3"]["distill"])
+    assert (distill.feature_loss, distill.logit_weight, distill.temperature) == ("attention", 1.0, 3.0)
+
+
+def test_seed_spread_pairs_each_ablation_within_a_seed(bench):
+    accs = {0: {"c_gcp": 0.80, "c_distill_none": 0.79}, 1: {"c_gcp": 0.84, "c_distill_none": 0.83}}
+    rows = [{"arm": arm, "accuracy": acc, "sparsity_scale": 1.0, "seed": seed}
+            for seed, by_arm in accs.items() for arm, acc in by_arm.items()]
+    spread = {what: (n, mean, std) for _, what, n, mean, std in bench.seed_spread(rows)}
+    # the arms spread by 2.83 points over seeds, but the paired difference is +1 point both times
+    assert spread["c_gcp"][2] == pytest.approx(2.83, abs=0.01)
+    assert spread["spatial attention minus no distillation"] == (2, pytest.approx(1.0), pytest.approx(0.0, abs=1e-9))
