@@ -157,6 +157,13 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
             ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
+def markdown_target_table(targets: Sequence[Dict[str, Any]],
+                          value: Callable[[Any], str] = lambda v: f"{v:.4g}") -> List[str]:
+    """The targets as a markdown table: name, measured value (through `value`), op, goal, passed."""
+    return markdown_table(TARGET_COLUMNS, [[t["name"], value(t["value"]), t["op"], str(t["target"]), str(t["passed"])]
+                                           for t in targets])
+
+
 def markdown_targets(targets: Sequence[Dict[str, Any]]) -> List[str]:
     """One bullet per target: name, measured value, goal, met or MISSED."""
     return [f"- {t['name']} = {fmt(t['value'], 3)} (target {t['op']} {fmt(t['target'])}): "

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (TARGET_COLUMNS, markdown_table, print_table, print_targets, report, target,  # noqa: E402
+from _common import (markdown_table, markdown_target_table, print_table, print_targets, report, target,  # noqa: E402
                      update_doc_section, write_json)
 
 MODES = {
@@ -122,7 +122,14 @@ def run_recipe_arm(name: str, s: Dict[str, Any], out: Path) -> Dict[str, Any]:
         src, dst = out / ("d_slim_cwd" if name.startswith("d_") else "c_gcp") / stage, out / name / stage
         if (src / "done.json").exists() and not dst.exists():
             shutil.copytree(src, dst)
-    result = RECIPES.get(spec["recipe"])(spec["config"]).run()
+    from prunekit.errors import ConfigError
+
+    try:
+        result = RECIPES.get(spec["recipe"])(spec["config"]).run()
+    except ConfigError as err:  # the recipe's own advice (overwrite=true) is not an option of this script
+        if "different settings" not in str(err):
+            raise
+        raise ConfigError(f"arm {name}: {err}. From this script: pass --fresh, or another --out-dir") from err
     last = result["stages"]["finetune"]
     return {"accuracy": result["accuracy"], "params": result["params"], "macs": result["macs"],
             "accuracy_stale_bn": last.get("accuracy_before_bn_recalibration", result["accuracy"]),
@@ -178,8 +185,8 @@ def tp_pruner(model, x, ratio: float, s: Dict[str, Any]):
     import torch_pruning as tp
 
     return tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                     reg=s["tp_reg"] * s.get("sparsity_scale", 1.0), global_pruning=True, pruning_ratio=ratio,
-                                     max_pruning_ratio=s["max_ratio"], ignored_layers=[model.fc])
+                                     reg=s["tp_reg"] * s.get("sparsity_scale", 1.0), global_pruning=True,
+                                     pruning_ratio=ratio, max_pruning_ratio=s["max_ratio"], ignored_layers=[model.fc])
 
 
 def tp_prune_to_macs(model, x, s: Dict[str, Any], base_macs: int, task):
@@ -256,15 +263,10 @@ def markdown(rows: List[Dict[str, Any]], base: Dict[str, Any], targets, s: Dict[
         lines.append(f"| {r['label']} | {r['accuracy']:.4f} | {r['accuracy_stale_bn']:.4f} | {r['params']:,} | "
                      f"{r['macs']:,} | {r['macs'] / base['macs']:.3f} | {r['latency_ms']:.2f} | "
                      f"{r['epochs_total']} |")
-    lines += ["", *targets_table(targets)]
+    lines += ["", *markdown_target_table(targets)]
     lines += ["", "Ablations (accuracy difference in points, same MACs, same epochs):", ""]
     lines += [f"- {text}: {value:+.2f}" for text, value in ablation_deltas(rows)]
     return "\n".join(lines) + "\n"
-
-
-def targets_table(targets) -> List[str]:
-    return markdown_table(TARGET_COLUMNS, [[t["name"], f"{t['value']:.4g}", t["op"], str(t["target"]), str(t["passed"])]
-                                           for t in targets])
 
 
 def ablation_deltas(rows: List[Dict[str, Any]]):
@@ -309,6 +311,11 @@ def settings_from_args(args, parser) -> Dict[str, Any]:
     for k in [args.sparsity_scale or 1.0, *(args.sparsity_scales or [])]:
         if k <= 0:
             parser.error(f"sparsity scales must be > 0, got {k}")
+    # each value has its own run folder, named by the value as printed
+    for option, values in (("--sparsity-scales", [f"{k:g}" for k in args.sparsity_scales or []]),
+                           ("--seeds", [str(n) for n in args.seeds or []])):
+        if len(set(values)) < len(values):
+            parser.error(f"{option} lists the same value twice: {' '.join(values)}")
     return with_sparsity(s, args.sparsity_scale or 1.0)
 
 
@@ -335,6 +342,10 @@ def section_name(s: Dict[str, Any]) -> Tuple[str, str]:
     if "sparsity_scale" in s:
         key.append(f"sparsity_x{s['sparsity_scale']:g}")
         title.append(f"sparsity x{s['sparsity_scale']:g}")
+    if s["bn_recalibrate"] != COMMON["bn_recalibrate"]:
+        key.append(f"bn{s['bn_recalibrate']}")
+        title.append(f"BN re-estimated on {s['bn_recalibrate']} images" if s["bn_recalibrate"]
+                     else "no BN re-estimation")
     return "_".join(key), ", ".join(title)
 
 
@@ -383,10 +394,14 @@ def main(argv: List[str]) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     s = settings_from_args(args, parser)
-    scale, title = section_name(s)
     sweep = bool(args.sparsity_scales or args.seeds)
-    if sweep:
-        scale, title = sweep_name(scale, title, args.sparsity_scales or [], args.seeds or [])
+    if sweep:  # a single --sparsity-scale is then one value of the sweep, so both spellings name one experiment
+        args.sparsity_scales = args.sparsity_scales or [s.get("sparsity_scale", 1.0)]
+        args.seeds = args.seeds or [s["seed"]]
+        s = with_sparsity(s, 1.0)
+        scale, title = sweep_name(*section_name(s), args.sparsity_scales, args.seeds)
+    else:
+        scale, title = section_name(s)
     out = Path(args.out_dir or f"runs/pipeline_cifar_{scale}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -434,12 +449,13 @@ def write_outputs(args, payload: Dict[str, Any], scale: str, title: str, body: s
 def sweep_name(key: str, title: str, scales: List[float], seeds: List[int]) -> Tuple[str, str]:
     """Section key and title of a sweep, named by the dimensions that take more than one value (a single value is
     a fixed setting, named as such)."""
-    swept = [(word, tag) for word, tag, values in (("sparsity scales", "sparsity", scales), ("seeds", "seeds", seeds))
-             if len(values) > 1]
-    fixed = [f"sparsity x{scales[0]:g}"] if len(scales) == 1 and scales[0] != 1 else []
-    fixed += [f"seed {seeds[0]}"] if len(seeds) == 1 and seeds[0] != COMMON["seed"] else []
-    key += "_sweep" + "".join("_" + tag for _, tag in swept) + "".join("_" + f.replace(" ", "") for f in fixed)
-    title += "".join(", " + f for f in fixed) + (", sweep over " + " and ".join(w for w, _ in swept) if swept else "")
+    dims = [("sparsity", "sparsity scales", [f"x{k:g}" for k in scales], len(scales) == 1 and scales[0] == 1),
+            ("seed", "seeds", [str(n) for n in seeds], len(seeds) == 1 and seeds[0] == COMMON["seed"])]
+    # the values are in the key, so two different sweeps never share a doc section
+    key += "_sweep" + "".join(f"_{tag}{'-'.join(v)}" for tag, _, v, default in dims if not default)
+    fixed = [f"{tag} {v[0]}" for tag, _, v, default in dims if len(v) == 1 and not default]
+    swept = [f"{words} {', '.join(v)}" for _, words, v, _ in dims if len(v) > 1]
+    title += "".join(", " + f for f in fixed) + (", sweep over " + " and ".join(swept) if swept else "")
     return key, title
 
 
@@ -456,8 +472,8 @@ def run_sweep(args, argv, start, s, arms, out: Path, base, scale: str, title: st
     """Run the arms at every (sparsity scale, seed) pair, each pair in its own folder of `out`; one table, and per
     scale the mean and spread over seeds of each arm and of best(c,d) - b."""
     rows, targets = [], []
-    for k in args.sparsity_scales or [s.get("sparsity_scale", 1.0)]:
-        for seed in args.seeds or [s["seed"]]:
+    for k in args.sparsity_scales:
+        for seed in args.seeds:
             sk = {**with_sparsity(s, k), "seed": seed}
             folder = out / (f"sparsity_x{k:g}" + (f"_seed{seed}" if seed != COMMON["seed"] else ""))
             rows_k = [{**run_arm(name, sk, folder), "sparsity_scale": k, "seed": seed} for name in arms]
@@ -471,6 +487,7 @@ def run_sweep(args, argv, start, s, arms, out: Path, base, scale: str, title: st
     spread = seed_spread(rows)
     if any(n > 1 for _, _, n, _, _ in spread):
         print_table("accuracy over seeds, points", ["scale", "arm or difference", "seeds", "mean", "std"], spread)
+    s = {k: v for k, v in s.items() if k != "seed"}  # each row carries its own seed
     payload = report("pipeline_cifar", argv, start, rows, targets, settings=s, original=base,
                      sparsity_scales=args.sparsity_scales, seeds=args.seeds, seed_spread=spread,
                      load_average=os.getloadavg(), threads=args.threads,
@@ -511,21 +528,25 @@ def sweep_markdown(cells, spread, base, targets, s: Dict[str, Any], command: str
     def show(v):
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    from prunekit.methods.slim_cwd import SlimSparseConfig
+    from prunekit.methods.stages import SparseStageConfig
+
     several_seeds = any(n > 1 for _, _, n, _, _ in spread)
-    shown = {k: v for k, v in s.items() if not (several_seeds and k == "seed")}  # the seed is per row then
     over_seeds = ["Over seeds (accuracy in points; std: sample standard deviation):", "",
                   *markdown_table(["sparsity scale", "arm or difference", "seeds", "mean", "std"],
                                   [[f"x{k:g}", what, str(n), f"{mean:.2f}", "-" if std is None else f"{std:.2f}"]
                                    for k, what, n, mean, std in spread]), ""] if several_seeds else []
     lines = [f"Command: `{command}`", "",
-             f"Settings: {json.dumps(shown)}. Each arm's sparsity strength (gcp's BN-L1 rate s = 1e-3, slim-cwd's "
-             f"s0 = 1e-4, Torch-Pruning's reg = {s['tp_reg']}) is multiplied by the scale; everything else is as in "
+             f"Settings: {json.dumps(s)}; the seed and the sparsity scale of each run are in its row. Each arm's "
+             f"sparsity strength (gcp's BN-L1 rate s = {SparseStageConfig.s:g}, slim-cwd's s0 = "
+             f"{SlimSparseConfig.s:g}, Torch-Pruning's reg = {s['tp_reg']:g}) is multiplied by the scale; "
+             f"everything else is as in "
              f"the main table. The original network scores {base['accuracy']:.4f} on these test images.", "",
              *markdown_table(["sparsity scale", "seed", "arm", "accuracy after sparse training",
                               "BN scales below 1e-2", "accuracy just after pruning", "final accuracy", "MACs kept"],
                              [[f"x{c[0]:g}", str(c[1]), c[2], *[show(v) for v in c[3:7]], f"{c[7]:.3f}"]
                               for c in cells]), "",
-             *over_seeds, *targets_table(targets)]
+             *over_seeds, *markdown_target_table(targets)]
     return "\n".join(lines) + "\n"
 
 

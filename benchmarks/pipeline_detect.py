@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (TARGET_COLUMNS, markdown_table, print_table, print_targets, report, target,  # noqa: E402
+from _common import (markdown_table, markdown_target_table, print_table, print_targets, report, target,  # noqa: E402
                      update_doc_section, write_json)
 
 import prunekit  # noqa: E402
@@ -332,8 +332,7 @@ def markdown(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], targets: 
                   f"Agreement mAP50 {b['before']:.4f} before recovery, {b['after']:.4f} after; CPU latency of the "
                   f"pruned model {b['latency_ratio']:.2f}x the original's (batch 1, 2 threads, best of 3 "
                   f"alternating rounds).", ""]
-    lines += markdown_table(TARGET_COLUMNS, [[t["name"], _cell(t["value"]), t["op"], str(t["target"]), str(t["passed"])]
-                                             for t in targets])
+    lines += markdown_target_table(targets, _cell)
     return "\n".join(lines)
 
 

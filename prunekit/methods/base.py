@@ -273,8 +273,9 @@ class Recipe:
         if not marker.exists():
             return None
         data = json.loads(marker.read_text())
-        if data.get("fingerprint") == fp and (folder / "model").is_dir():
-            return data["info"]
+        if data.get("fingerprint") == fp:
+            # same settings but the saved model is gone (deleted by hand): the stage simply runs again
+            return data["info"] if (folder / "model").is_dir() else None
         self._refuse_or_clear(folder, name, settings, data)
         return None
 
@@ -294,9 +295,11 @@ class Recipe:
 
     def _refuse_or_clear(self, folder: Path, name: str, settings: Dict[str, Any], found: Dict[str, Any]) -> None:
         if not self.config.overwrite:
-            if "settings" in found:
-                changed = settings_diff(found["settings"], settings)
+            changed = settings_diff(found["settings"], settings) if "settings" in found else []
+            if changed:
                 why = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+            elif "settings" in found:  # only a hand-edited marker gets here: the settings hash to the fingerprint
+                why = "its marker's fingerprint does not match the settings it records (edited by hand?)"
             else:  # folders written before the settings were recorded beside the fingerprint
                 why = "an earlier prunekit made it and did not record its settings: the task or stage sections " \
                       "changed, or a newer prunekit added keys to them"
@@ -309,19 +312,35 @@ def _hash(settings: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# keys of the fingerprint that are not config keys, shown by what they mean
+_READABLE_KEYS = {"weights_digest": "content of task.weights (digest)", "version": "recipe config version"}
+
+
 def settings_diff(old: Any, new: Any, prefix: str = "") -> List[str]:
-    """``"key: old -> new"`` for every dotted key whose value differs (``absent`` where one side lacks it)."""
+    """``"key: old -> new"`` for every dotted key whose value differs (``absent`` where one side lacks it).
+
+    Values compare as JSON, as the fingerprint hashes them, so 1 and 1.0 differ here exactly when they do there."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: List[str] = []
         for key in sorted(set(old) | set(new)):
-            path = f"{prefix}.{key}" if prefix else str(key)
+            path = f"{prefix}.{key}" if prefix else _READABLE_KEYS.get(str(key), str(key))
             if key not in old or key not in new:
-                side = lambda d: json.dumps(d[key]) if key in d else "absent"  # noqa: E731
-                out.append(f"{path}: {side(old)} -> {side(new)}")
+                out.append(f"{path}: {_shown(old, key)} -> {_shown(new, key)}")
             else:
                 out += settings_diff(old[key], new[key], path)
         return out
-    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
+    same = json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+    return [] if same else [f"{prefix}: {_shown({0: old}, 0)} -> {_shown({0: new}, 0)}"]
+
+
+def _shown(d: Dict[Any, Any], key: Any) -> str:
+    if key not in d:
+        return "absent"
+    v = d[key]
+    if not isinstance(v, float):
+        return json.dumps(v)
+    text = format(v, ".10g")  # 0.0003, not 0.00030000000000000003
+    return text if any(c in text for c in ".en") else text + ".0"  # 1.0 stays distinct from 1
 
 
 class SparsePruneFinetuneRecipe(Recipe):

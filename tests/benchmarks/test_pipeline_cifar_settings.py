@@ -76,32 +76,48 @@ def test_seed_spread_pairs_the_arms_of_each_seed(bench):
     assert spread["best(c,d) - b"] == (2, 1.0, 0.0)
 
 
-def test_a_sweep_is_named_by_the_dimensions_that_vary(bench):
-    assert bench.sweep_name("m", "medium", [1, 10, 50], []) == ("m_sweep_sparsity", "medium, sweep over sparsity scales")
-    assert bench.sweep_name("m", "medium", [1], [0, 1, 2]) == ("m_sweep_seeds", "medium, sweep over seeds")
-    assert bench.sweep_name("m", "medium", [1, 10], [0, 1]) == (
-        "m_sweep_sparsity_seeds", "medium, sweep over sparsity scales and seeds")
-    # a single value that is not the default is a fixed setting, named so two such runs never share a section
-    assert bench.sweep_name("m", "medium", [10], [0, 1]) == ("m_sweep_seeds_sparsityx10",
-                                                            "medium, sparsity x10, sweep over seeds")
-    assert bench.sweep_name("m", "medium", [1, 10], [3]) == ("m_sweep_sparsity_seed3",
-                                                            "medium, seed 3, sweep over sparsity scales")
+def test_a_sweep_is_named_by_its_values(bench):
+    assert bench.sweep_name("m", "medium", [1, 10, 50], [0]) == (
+        "m_sweep_sparsityx1-x10-x50", "medium, sweep over sparsity scales x1, x10, x50")
+    assert bench.sweep_name("m", "medium", [1], [0, 1, 2]) == ("m_sweep_seed0-1-2", "medium, sweep over seeds 0, 1, 2")
+    # a single value that is not the default is a fixed setting, named as such
+    assert bench.sweep_name("m", "medium", [10], [0, 1]) == ("m_sweep_sparsityx10_seed0-1",
+                                                            "medium, sparsity x10, sweep over seeds 0, 1")
+    # two different sweeps never share a doc section
+    keys = {bench.sweep_name("m", "medium", scales, seeds)[0]
+            for scales, seeds in (([1, 10], [0]), ([2, 4], [0]), ([1], [0, 1]), ([1], [3, 4]), ([1, 10], [0, 1]))}
+    assert len(keys) == 5
 
 
-def test_ablation_arms_share_exactly_the_stages_they_reuse(bench, tmp_path):
-    """An ablation arm copies its parent's finished stages; that is only sound when the sections those stages read
-    are equal, and the arm must still differ from its parent somewhere after them."""
-    s = settings(bench)
-    sections = {"1_sparse": ("task", "stage1"), "2_prune": ("task", "stage1", "stage2")}
+def test_bn_recalibration_override_gets_its_own_section(bench):
+    assert bench.section_name(settings(bench, bn_recalibrate=0)) == ("quick_bn0", "quick, no BN re-estimation")
+
+
+def test_sweep_options_refuse_repeated_values(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--sparsity-scales", "10", "10.0", "--json", ""])
+    assert "--sparsity-scales lists the same value twice: 10 10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_ablation_arms_share_exactly_the_stages_they_reuse(bench, tmp_path, scale):
+    """An ablation arm copies its parent's finished stages: sound only when those stages' fingerprints are equal,
+    and the arm must still differ from its parent in a later stage."""
+    from prunekit.methods import RECIPES
+
+    s = settings(bench, sparsity_scale=scale) if scale != 1.0 else settings(bench)
+
+    def recipe(arm):
+        spec = bench.recipe_config(arm, s, tmp_path)
+        return RECIPES.get(spec["recipe"])(spec["config"])
+
+    stage_index = {"1_sparse": 0, "2_prune": 1}
     for arm, stages in bench.SHARED.items():
-        parent = "d_slim_cwd" if arm.startswith("d_") else "c_gcp"
-        mine = bench.recipe_config(arm, s, tmp_path)
-        theirs = bench.recipe_config(parent, s, tmp_path)
-        assert mine["recipe"] == theirs["recipe"], arm
-        for key in sections[stages[-1]]:
-            assert mine["config"][key] == theirs["config"][key], (arm, key)
-        later = [k for k in ("stage2", "stage3") if k not in sections[stages[-1]]]
-        assert any(mine["config"][k] != theirs["config"][k] for k in later), arm
+        mine, parent = recipe(arm), recipe("d_slim_cwd" if arm.startswith("d_") else "c_gcp")
+        shared = stage_index[stages[-1]]
+        for i in range(shared + 1):
+            assert mine.fingerprint(i) == parent.fingerprint(i), (arm, i)
+        assert mine.fingerprint(2) != parent.fingerprint(2), arm
 
 
 def test_attention_plus_logit_arm_adds_paper_1s_output_kd(bench, tmp_path):

@@ -105,7 +105,8 @@ def test_slim_cwd_on_a_detector_and_the_weights_file_is_part_of_the_fingerprint(
     save_tensors(other, model.state_dict())
     moved = copy.deepcopy(cfg)
     moved["task"]["weights"] = str(other)
-    with pytest.raises(ConfigError, match=r"stage 'sparse' .* different settings \(.*weights_digest: "):
+    refusal = r"stage 'sparse' .* different settings \(.*content of task.weights \(digest\): "
+    with pytest.raises(ConfigError, match=refusal):
         SlimCWDRecipe(moved).run()
     # logit KD needs a classifier's logits: refused by name before stage 3 trains (stages 1 and 2 reused)
     logit = copy.deepcopy(cfg)

@@ -88,6 +88,10 @@ def test_interrupted_stage3_resumes_to_the_same_weights(tmp_path):
     marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "settings"}))
     with pytest.raises(ConfigError, match=r"stage 'prune' .* did not record its settings"):
         SlimCWDRecipe(config(tmp_path / "b", **{**sections, "stage2": {**sections["stage2"], "keep_macs": 0.6}})).run()
+    # a finished stage whose saved model was deleted by hand runs again under the same settings
+    shutil.rmtree(tmp_path / "b" / "3_finetune" / "model")
+    again = SlimCWDRecipe(config(tmp_path / "b", **sections)).run()
+    assert again["status"] == "complete" and again["accuracy"] == straight["accuracy"]
 
 
 def test_settings_diff_names_every_changed_key():
@@ -95,6 +99,13 @@ def test_settings_diff_names_every_changed_key():
     new = {"task": {"batch_size": 128, "augment": "standard", "image_size": None}, "stage1": {"s": 1e-3}}
     assert settings_diff(old, new) == ["task.batch_size: 64 -> 128", "task.image_size: absent -> null"]
     assert settings_diff(old, old) == []
+    # values compare as the fingerprint hashes them (1 and 1.0 differ there), floats read without binary noise
+    assert settings_diff({"stage1": {"s": 1e-3, "epochs": 1}}, {"stage1": {"s": 0.1 * 0.003, "epochs": 1.0}}) == [
+        "stage1.epochs: 1 -> 1.0", "stage1.s: 0.001 -> 0.0003"]
+    # a section replaced by a scalar, and fingerprint keys named by what they mean
+    assert settings_diff({"schedule_args": {"a": 1}, "weights_digest": "ab"},
+                         {"schedule_args": 3, "weights_digest": "cd"}) == [
+        'schedule_args: {"a": 1} -> 3', 'content of task.weights (digest): "ab" -> "cd"']
 
 
 @pytest.mark.parametrize("sections, message", [
