@@ -108,6 +108,19 @@ def test_settings_diff_names_every_changed_key():
         'schedule_args: {"a": 1} -> 3', 'content of task.weights (digest): "ab" -> "cd"']
 
 
+def test_fingerprints_of_earlier_run_folders_still_match(tmp_path):
+    """Stage fingerprints recorded by an earlier prunekit (these three come from a real gcp run folder): a change to
+    how settings are hashed would make every user's finished stages refuse to resume. A new config key changes them
+    too: update these values only on purpose, and say so in the release notes."""
+    cfg = {"out_dir": str(tmp_path), "seed": 0,
+           "task": {"model": "cifar_resnet56_b", "dataset": "cifar10", "train_subset": 10000, "test_limit": 5000,
+                    "batch_size": 128, "eval_original": False},
+           "stage1": {"epochs": 1, "lr": 0.01}, "stage2": {"keep_macs": 0.5, "max_ratio": 0.9},
+           "stage3": {"epochs": 1, "lr": 0.01, "bn_recalibrate": 2048, "distill": {}}}
+    recipe = GCPRecipe(cfg)
+    assert [recipe.fingerprint(i) for i in range(3)] == ["86e69f09242ff081", "8ab24c3f92e92bc9", "6100aaeb1947def1"]
+
+
 @pytest.mark.parametrize("sections, message", [
     ({"stage1": {"epochs": 0}}, r"stage1: epochs must be >= 1"),
     ({"stage1": {"schedule": "sometimes"}}, r"stage1: .*unknown schedule 'sometimes'"),
