@@ -136,3 +136,10 @@ def test_seed_spread_pairs_each_ablation_within_a_seed(bench):
     # the arms spread by 2.83 points over seeds, but the paired difference is +1 point both times
     assert spread["c_gcp"][2] == pytest.approx(2.83, abs=0.01)
     assert spread["spatial attention minus no distillation"] == (2, pytest.approx(1.0), pytest.approx(0.0, abs=1e-9))
+
+
+def test_recipe_gap_names_what_it_compares(bench):
+    assert bench.recipe_gap({"b_tp_gnorm": 80.0, "c_gcp": 81.0, "d_slim_cwd": 82.0}) == ("best(c,d) - b", 2.0)
+    # one recipe run: its own gap, a lower bound of the target's, labelled so
+    assert bench.recipe_gap({"b_tp_gnorm": 80.0, "c_gcp": 80.5}) == ("c - b", 0.5)
+    assert bench.recipe_gap({"c_gcp": 80.5, "d_slim_cwd": 81.0}) is None
