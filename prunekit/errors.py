@@ -26,3 +26,7 @@ class ConfigError(PrunekitError, ValueError):
 
 class UnsupportedOperationError(PrunekitError):
     """The engine met an operation whose channel semantics it does not know."""
+
+
+class StageSettingsChanged(ConfigError):
+    """A recipe's run folder holds a stage made under other settings; the message names each changed key."""

@@ -10,7 +10,7 @@ A recipe (`Recipe` subclass) declares its config class and its stages. `run()` e
   its last checkpoint on the next run (`prunekit.train.loop` resumes exactly: weights, optimizer, data order, RNG);
 - a stage's fingerprint hashes the task section and the sections of this and every earlier stage, minus run-control
   keys (``max_steps``, checkpoint frequency, device, threads, latency settings). A folder made with other settings
-  is refused with a clear error, or cleared when ``overwrite: true``.
+  is refused with every changed key named, or cleared when ``overwrite: true`` (`stage_folder.StageFolder`).
 
 The result (accuracy, params, MACs, CPU latency of the final model, the original's figures, every stage's facts) is
 returned and written atomically to ``<out_dir>/result.json``.
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +31,10 @@ from torch import nn
 from ..config import from_dict, load_config, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from .stage_folder import StageFolder, settings_hash
 from .task import RUN_CONTROL, ImageTask, TaskConfig, make_task, need, weights_digest
 
 RESULT_FILE = "result.json"
-DONE_FILE = "done.json"
-STARTED_FILE = "started.json"
 
 
 @dataclass
@@ -186,7 +183,7 @@ class Recipe:
     # ------------------------------------------------------------------------------------------------- running
     def fingerprint(self, upto: int) -> str:
         """Hash of `fingerprint_settings(upto)`."""
-        return _hash(self.fingerprint_settings(upto))
+        return settings_hash(self.fingerprint_settings(upto))
 
     def fingerprint_settings(self, upto: int) -> Dict[str, Any]:
         """The task section plus the sections of stages 0..`upto`, without run-control keys (JSON-ready)."""
@@ -212,12 +209,11 @@ class Recipe:
             folders: Dict[str, Path] = {}
             for i, stage in enumerate(stages):
                 folder = out / f"{i + 1}_{stage.name}"
-                settings = self.fingerprint_settings(i)
-                fp = _hash(settings)
-                info = self._finished(folder, fp, settings, stage.name)
+                marker = StageFolder(folder, stage.name, self.fingerprint_settings(i), self.name,
+                                     self.config.overwrite)
+                info = marker.finished()
                 if info is None:
-                    self._claim(folder, fp, settings, stage.name,
-                                [out / f"{j + 1}_{s.name}" for j, s in enumerate(stages) if j > i])
+                    marker.claim([out / f"{j + 1}_{s.name}" for j, s in enumerate(stages) if j > i])
                     t0 = time.perf_counter()
                     output = stage.run(StageContext(self, task, folder, dict(folders)))
                     info = {**output.info, "seconds": round(time.perf_counter() - t0, 2)}
@@ -226,8 +222,7 @@ class Recipe:
                         result.update(status="incomplete", stopped_in=stage.name)
                         return self._write(out, result, started)
                     save_stage_model(folder / "model", output.model, output.plan)
-                    atomic_write_text(folder / DONE_FILE, json.dumps({"stage": stage.name, "fingerprint": fp,
-                                                                      "settings": settings, "info": info}, indent=2))
+                    marker.mark_done(info)
                 folders[stage.name] = folder
                 result["stages"][stage.name] = info
             final = load_stage_model(folders[stages[-1].name] / "model", task)
@@ -266,81 +261,6 @@ class Recipe:
         metrics = task.measure(model) if self.config.task.eval_original else task.cost(model)
         atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=2))
         return metrics
-
-    def _finished(self, folder: Path, fp: str, settings: Dict[str, Any], name: str) -> Optional[Dict[str, Any]]:
-        """The facts of a finished stage with this fingerprint; None when it must (re)run."""
-        marker = folder / DONE_FILE
-        if not marker.exists():
-            return None
-        data = json.loads(marker.read_text())
-        if data.get("fingerprint") == fp:
-            # same settings but the saved model is gone (deleted by hand): the stage simply runs again
-            return data["info"] if (folder / "model").is_dir() else None
-        self._refuse_or_clear(folder, name, settings, data)
-        return None
-
-    def _claim(self, folder: Path, fp: str, settings: Dict[str, Any], name: str, later: List[Path]) -> None:
-        """Mark `folder` as this configuration's (refusing another's) and clear later stages' folders."""
-        started = folder / STARTED_FILE
-        if started.exists():
-            data = json.loads(started.read_text())
-            if data.get("fingerprint") != fp:
-                self._refuse_or_clear(folder, name, settings, data)
-        for path in later:
-            if path.exists():
-                shutil.rmtree(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not started.exists():
-            atomic_write_text(started, json.dumps({"stage": name, "fingerprint": fp, "settings": settings}))
-
-    def _refuse_or_clear(self, folder: Path, name: str, settings: Dict[str, Any], found: Dict[str, Any]) -> None:
-        if not self.config.overwrite:
-            changed = settings_diff(found["settings"], settings) if "settings" in found else []
-            if changed:
-                why = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
-            elif "settings" in found:  # only a hand-edited marker gets here: the settings hash to the fingerprint
-                why = "its marker's fingerprint does not match the settings it records (edited by hand?)"
-            else:  # folders written before the settings were recorded beside the fingerprint
-                why = "an earlier prunekit made it and did not record its settings: the task or stage sections " \
-                      "changed, or a newer prunekit added keys to them"
-            raise ConfigError(f"recipe {self.name}: stage '{name}' in {folder} was made with different settings "
-                              f"({why}); use another out_dir or set overwrite=true")
-        shutil.rmtree(folder)
-
-
-def _hash(settings: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# keys of the fingerprint that are not config keys, shown by what they mean
-_READABLE_KEYS = {"weights_digest": "content of task.weights (digest)", "version": "recipe config version"}
-
-
-def settings_diff(old: Any, new: Any, prefix: str = "") -> List[str]:
-    """``"key: old -> new"`` for every dotted key whose value differs (``absent`` where one side lacks it).
-
-    Values compare as JSON, as the fingerprint hashes them, so 1 and 1.0 differ here exactly when they do there."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: List[str] = []
-        for key in sorted(set(old) | set(new)):
-            path = f"{prefix}.{key}" if prefix else _READABLE_KEYS.get(str(key), str(key))
-            if key not in old or key not in new:
-                out.append(f"{path}: {_shown(old, key)} -> {_shown(new, key)}")
-            else:
-                out += settings_diff(old[key], new[key], path)
-        return out
-    same = json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
-    return [] if same else [f"{prefix}: {_shown({0: old}, 0)} -> {_shown({0: new}, 0)}"]
-
-
-def _shown(d: Dict[Any, Any], key: Any) -> str:
-    if key not in d:
-        return "absent"
-    v = d[key]
-    if not isinstance(v, float):
-        return json.dumps(v)
-    text = format(v, ".10g")  # 0.0003, not 0.00030000000000000003
-    return text if any(c in text for c in ".en") else text + ".0"  # 1.0 stays distinct from 1
 
 
 class SparsePruneFinetuneRecipe(Recipe):

@@ -13,7 +13,8 @@ import prunekit
 from prunekit.models import build
 from prunekit.errors import ConfigError
 from prunekit.methods import RECIPES
-from prunekit.methods.base import PruneStageConfig, load_stage_model, prune_with_folding, settings_diff
+from prunekit.methods.base import PruneStageConfig, load_stage_model, prune_with_folding
+from prunekit.methods.stage_folder import settings_diff
 from prunekit.methods.task import ClassificationTask, TaskConfig
 from prunekit.methods.gcp import GCPRecipe, assign_scopes
 from prunekit.methods.slim_cwd import SlimCWDRecipe
