@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _zoo_op_cases import OP_CASES, build_op_case  # noqa: E402
 
 
 # ------------------------------------------------------------------ the four Torch-Pruning failure cases, as models
@@ -105,7 +106,41 @@ def zoo() -> List[Entry]:
     out += [Entry("hf_tiny_gpt2", "hf_gpt2"), Entry("hf_tiny_bert", "hf_bert"), Entry("hf_tiny_vit", "hf_vit")]
     out += [Entry(f"hf_tiny_{a}", "hf_cnn") for a in ("resnet", "convnext", "mobilenetv2")]
     out += [Entry("hf_tiny_swin", "hf_swin"), Entry("smollm2_135m", "hf_llm", quick=False)]
-    return out + [Entry(n, "cnn") for n in CASES]
+    out += [Entry(n, family) for n, (family, _, _) in HF_EXTRA.items()]
+    return out + [Entry(n, "cnn") for n in CASES] + [Entry(n, "cnn") for n in OP_CASES]
+
+
+# Hugging Face families whose attention or experts the engine reads through their operations (fused 3-D expert
+# parameters, q_lin/k_lin/v_lin projections, fused qkv / gate-up projections sliced at offsets), from small configs.
+HF_EXTRA = {
+    "hf_tiny_mixtral": ("hf_llm", "MixtralForCausalLM", dict(
+        hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+        num_local_experts=4, num_experts_per_tok=2)),
+    "hf_tiny_qwen2_moe": ("hf_llm", "Qwen2MoeForCausalLM", dict(
+        hidden_size=64, intermediate_size=96, moe_intermediate_size=48, shared_expert_intermediate_size=80,
+        num_experts=4, num_experts_per_tok=2, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
+    "hf_tiny_olmoe": ("hf_llm", "OlmoeForCausalLM", dict(
+        hidden_size=64, intermediate_size=48, num_experts=4, num_experts_per_tok=2, num_attention_heads=4,
+        num_key_value_heads=4, num_hidden_layers=2)),
+    "hf_tiny_distilbert": ("hf_generic", "DistilBertForMaskedLM", dict(dim=64, n_heads=4, hidden_dim=96,
+                                                                        n_layers=2)),
+    "hf_tiny_phi3": ("hf_llm", "Phi3ForCausalLM", dict(
+        hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+        pad_token_id=0)),
+    "hf_tiny_gpt_neox": ("hf_generic", "GPTNeoXForCausalLM", dict(
+        hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2)),
+}
+
+
+def build_hf_extra(name: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised Hugging Face model of a zoo family, from its small config (offline)."""
+    import transformers
+
+    _, cls_name, kwargs = HF_EXTRA[name]
+    model_cls = getattr(transformers, cls_name)
+    config = model_cls.config_class(vocab_size=100, max_position_embeddings=64, **kwargs)
+    torch.manual_seed(seed)
+    return model_cls(config)
 
 
 def _perturb_norms(model: nn.Module, seed: int = 0) -> None:
@@ -134,6 +169,18 @@ def build_entry(entry: Entry) -> Tuple[nn.Module, Any, Any, str]:
         shape = (8, 32) if entry.name == "case_rmsnorm" else (3, 32, 32)
         gen = torch.Generator().manual_seed(0)
         return model, torch.randn(2, *shape, generator=gen), torch.randn(3, *shape, generator=gen), "random"
+    if entry.name in OP_CASES:
+        model, x, x_check = build_op_case(entry.name)
+        _perturb_norms(model)
+        if entry.name == "op_branch_two_examples":  # prunekit gets both branches; the check runs the other one
+            return model, x, x_check[1], "random"
+        return model, x, x_check, "random"
+    if entry.name in HF_EXTRA:
+        model = build_hf_extra(entry.name).eval()
+        _perturb_norms(model)
+        gen = torch.Generator().manual_seed(0)
+        return model, torch.randint(1, 100, (2, 16), generator=gen), torch.randint(1, 100, (3, 11), generator=gen), \
+            "random"
     weights = "pretrained"
     try:
         model = build(entry.name, pretrained=True)

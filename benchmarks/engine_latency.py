@@ -1,12 +1,21 @@
-"""Does removing half the MACs make models faster on the CPU? Latency before and after pruning, eager and onnxruntime.
+"""Does pruning make models faster on the CPU? Latency before and after pruning, eager and onnxruntime.
 
 Option-B ResNet-56 (``cifar_resnet56_b``, pretrained; batches 1 and 32 at 32x32) and the YOLOv8s fall detector
-(``yolov8s_fall``, pretrained, BN fused; batch 1 at 640, 320 with --quick) are pruned with prunekit to about half
-their MACs (``Budget(target="macs", keep_fraction=0.5)``, ``round_to="auto"``: the CPU's channel block, 16 on AVX-512;
-L1, uniform). Latency is measured in eager
-PyTorch (``torch.inference_mode``) and in onnxruntime (CPU, sequential, exported once per model) with a fixed thread
-count; the machine is shared, so the original and the pruned model are timed in alternating rounds after a warm-up
-and the medians are compared. Target per model and backend: speed-up >= 0.8 x MACs ratio.
+(``yolov8s_fall``, pretrained, BN fused; batch 1 at 640, 320 with --quick) are pruned by prunekit in two ways:
+
+- *latency-<runtime>*: planned with the measured-latency budget ``Budget(target="latency", keep_fraction=0.5,
+  runtime=...)`` (`prunekit.planning.latency`: each layer timed alone at a few widths on that runtime, cached,
+  interpolated) and the ``cost_rank`` allocator (importance per millisecond saved), one plan per runtime, timed on
+  that runtime;
+- the two hand-made width plans at half the MACs kept for comparison: *simd* (``round_to="auto"``, the CPU's
+  channel block, uniform) and *memory* (round_to 8, the highest-resolution groups pruned twice as hard), timed on
+  every runtime.
+
+Runtimes: eager PyTorch as built (*eager-unfolded*, runtime ``eager``), eager with BatchNorm folded as deployed
+(runtime ``eager-bnfold``), onnxruntime (CPU, sequential). The machine is shared, so the original and the pruned
+model are timed in alternating rounds after a warm-up and the medians compared. Targets per model, batch and
+runtime: the measured latency of the latency plan is within 10% of the requested fraction (|kept / 0.5 - 1| <=
+0.1), and its speed-up / MACs ratio is at least that of the better hand-made plan on the same runtime.
 
     python benchmarks/engine_latency.py --json out.json [--quick] [--threads 2]
 """
@@ -28,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (THREADS_HELP, print_table, print_targets, report, target, update_doc_section,  # noqa: E402
                      write_json)
 
-EFFICIENCY_GOAL = 0.8
-# Width plans: (round_to, hires_weight). "simd" fills the CPU's channel blocks (16 on AVX-512), which suits
-# onnxruntime's blocked kernels; "memory" prunes the highest-resolution layers twice as hard at round_to 8, which
-# suits eager PyTorch, where those memory-bound layers dominate the time. The target of each runtime is read on the
-# plan made for it; every plan is timed on every runtime and shown.
+# Hand-made width plans, kept as comparison rows: (round_to, hires_weight). "simd" fills the CPU's channel blocks
+# (16 on AVX-512); "memory" prunes the highest-resolution layers twice as hard at round_to 8.
 PLANS = {"simd": ("auto", 1.0), "memory": ("8", 2.0)}
-PLAN_FOR_BACKEND = {"eager": "memory", "onnxruntime": "simd"}
+# backend family of a result row -> the runtime a latency budget measures it on
+RUNTIME_OF = {"eager-unfolded": "eager", "eager": "eager-bnfold", "onnxruntime": "onnxruntime"}
+KEEP = 0.5
+KEEP_TOLERANCE = 0.10
 DOC = Path(__file__).resolve().parent.parent / "docs" / "results_engine.md"
 
 
@@ -75,6 +84,35 @@ def prune_half_macs(model: torch.nn.Module, inputs: torch.Tensor, round_to: str 
     return pruned, {"prune_s": seconds, "ratio_searched": plan.provenance.get("ratio"),
                     "round_to": plan.provenance.get("round_to"), "allocator": allocator,
                     "hires_weight": hires_weight,
+                    "verify_error": pruned.prunekit_verification.relative_error,
+                    "params_before": count_parameters(model), "params_after": count_parameters(pruned),
+                    "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / macs1}
+
+
+def prune_to_latency(model: torch.nn.Module, inputs: torch.Tensor, runtime: str, threads: int,
+                     round_to: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """prunekit with the measured-latency budget: keep `KEEP` of the latency on `runtime` for `inputs`' shape.
+
+    The plan is made on the timed inputs themselves (their batch is part of the latency table's key)."""
+    import prunekit
+    from prunekit.metrics.macs import count_macs
+    from prunekit.metrics.params import count_parameters
+    from prunekit.planning import PlanConfig
+
+    start = time.perf_counter()
+    config = PlanConfig.from_dict({"criterion": "l1", "allocator": "cost_rank",
+                                   "budget": {"target": "latency", "keep_fraction": KEEP, "runtime": runtime},
+                                   "constraints": {"round_to": round_to}})
+    with contextlib.redirect_stdout(sys.stderr):
+        plan = prunekit.plan(model, inputs, config)
+    pruned = prunekit.apply(model, plan, inputs).eval()
+    seconds = time.perf_counter() - start
+    one = inputs[:1]
+    macs0, macs1 = count_macs(model, one), count_macs(pruned, one)
+    prov = plan.provenance
+    return pruned, {"prune_s": seconds, "ratio_searched": prov.get("ratio"), "round_to": prov.get("round_to"),
+                    "allocator": "cost_rank", "runtime": runtime, "threads_planned": threads,
+                    "predicted_keep": prov["cost"] / prov["base_cost"],
                     "verify_error": pruned.prunekit_verification.relative_error,
                     "params_before": count_parameters(model), "params_after": count_parameters(pruned),
                     "macs_before": macs0, "macs_after": macs1, "macs_ratio": macs0 / macs1}
@@ -136,21 +174,28 @@ def ort_session(model: torch.nn.Module, inputs: torch.Tensor, folder: str, name:
 
 
 def measure(name: str, model: torch.nn.Module, pruned: torch.nn.Module, inputs: torch.Tensor, threads: int,
-            rounds: int, per_round: int) -> List[Dict[str, Any]]:
+            rounds: int, per_round: int, runtimes: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Eager (as built, and with BatchNorm folded into the convolutions as deployed) and onnxruntime medians of the
     original and the pruned model. Un-folded BatchNorms are memory-bound passes whose cost falls with the channel
     count, not with the MACs, so only the deployed forms carry the target (onnxruntime folds them itself)."""
+    from prunekit.export.bn_fold import fold_bn
+
+    wanted = set(runtimes or RUNTIME_OF.values())
     rows = []
     torch.set_num_threads(threads)
-    with torch.inference_mode():
-        eager = interleaved({"before": lambda: model(inputs), "after": lambda: pruned(inputs)}, 2, rounds, per_round)
-    rows.append({"model": name, "backend": "eager-unfolded", **_medians(eager)})
-    folded = [fold_bn(m) for m in (model, pruned)]
+    if "eager" in wanted:
+        with torch.inference_mode():
+            eager = interleaved({"before": lambda: model(inputs), "after": lambda: pruned(inputs)}, 2, rounds,
+                                per_round)
+        rows.append({"model": name, "backend": "eager-unfolded", **_medians(eager)})
+    folded = [fold_bn(m, inputs) for m in (model, pruned)] if "eager-bnfold" in wanted else [None]
     if all(f is not None for f in folded):
         with torch.inference_mode():
             eager = interleaved({"before": lambda: folded[0](inputs), "after": lambda: folded[1](inputs)}, 2, rounds,
                                 per_round)
         rows.append({"model": name, "backend": "eager (BN folded)", **_medians(eager)})
+    if "onnxruntime" not in wanted:
+        return rows
     with tempfile.TemporaryDirectory(prefix="prunekit_latency_") as tmp:
         try:
             run0, exp0 = ort_session(model, inputs, tmp, "before", threads)
@@ -161,19 +206,6 @@ def measure(name: str, model: torch.nn.Module, pruned: torch.nn.Module, inputs: 
         ort_times = interleaved({"before": run0, "after": run1}, 2, rounds, per_round)
     rows.append({"model": name, "backend": f"onnxruntime ({exp0}/{exp1})", **_medians(ort_times)})
     return rows
-
-
-def fold_bn(model: torch.nn.Module) -> Optional[torch.nn.Module]:
-    """`model` with each BatchNorm folded into the convolution before it (torch.fx), or the model itself when it has
-    no BatchNorm left (the YOLOv8s is loaded fused); None when it cannot be traced symbolically."""
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(model)
-    except Exception:  # noqa: BLE001 - not symbolically traceable: reported without the folded row
-        return None
 
 
 def _medians(times: Dict[str, List[float]]) -> Dict[str, Any]:
@@ -198,6 +230,26 @@ def workloads(quick: bool, resnet_batches: List[int]) -> List[Tuple[str, torch.T
                     torch.randn(1, 3, size, size, generator=gen))]
 
 
+def latency_targets(name: str, batch: int, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The two targets per runtime with a latency-plan row: measured kept latency within `KEEP_TOLERANCE` of `KEEP`
+    (relative), and speed-up / MACs at least that of the better hand-made plan on that runtime."""
+    out = []
+    for row in rows:
+        if not row["plan"].startswith("latency-") or "speedup" not in row:
+            continue
+        family = row["backend"].split()[0]
+        kept = row["after_ms"] / row["before_ms"]
+        label = f"{name} batch {batch} {row['runtime']} [{row['plan']}]"
+        out.append(target(f"{label} |measured kept latency / {KEEP} - 1|", abs(kept / KEEP - 1), "<=",
+                          KEEP_TOLERANCE))
+        hand = [r["efficiency"] for r in rows if r["plan"] in PLANS and r.get("efficiency") is not None
+                and r["backend"].split()[0] == family]
+        if hand:
+            out.append(target(f"{label} speed-up / MACs ratio minus the best hand-made plan's", row["efficiency"]
+                              - max(hand), ">=", 0.0))
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from prunekit.models import build
 
@@ -206,7 +258,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="YOLO at 320 and fewer repeats")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--rounds", type=int, default=0, help="alternating timing rounds (default 6, 10 in full runs)")
-    parser.add_argument("--plans", default="simd,memory", help=f"width plans to prune with: {sorted(PLANS)}")
+    parser.add_argument("--plans", default="simd,memory", help=f"hand-made width plans to compare: {sorted(PLANS)}")
+    parser.add_argument("--runtimes", default="eager,eager-bnfold,onnxruntime",
+                        help="runtimes planned with the measured-latency budget (empty: none)")
+    parser.add_argument("--latency-round-to", default=None, help="round_to of the latency plans (default none)")
     parser.add_argument("--resnet-batches", default="1,32", help="timed batch sizes of ResNet-56-B (comma-separated)")
     parser.add_argument("--models", default="", help="comma-separated subset: cifar_resnet56_b, yolo")
     parser.add_argument("--docs", default=None, help="markdown file whose engine_latency section is rewritten "
@@ -227,48 +282,58 @@ def main(argv: Optional[List[str]] = None) -> int:
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
     batches = [int(b) for b in args.resnet_batches.split(",") if b.strip()]
     plans = [p.strip() for p in args.plans.split(",") if p.strip()]
-    unknown = [p for p in plans if p not in PLANS]
-    if unknown or not plans:
-        parser.error(f"--plans: unknown {unknown}; known: {sorted(PLANS)}")
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    unknown = [p for p in plans if p not in PLANS] + [r for r in runtimes if r not in RUNTIME_OF.values()]
+    if unknown:
+        parser.error(f"--plans / --runtimes: unknown {unknown}; known: {sorted(PLANS)}, "
+                     f"{sorted(RUNTIME_OF.values())}")
     for name, trace_x, timed_x in workloads(args.quick, batches):
         if wanted and name not in wanted and not ("yolo" in wanted and name.startswith("yolo")):
             continue
         model = build(name, pretrained=True).eval()
-        for plan_name in plans:
-            pruned, info = prune_half_macs(model, trace_x, *PLANS[plan_name])
-            print(f"{name} [{plan_name}]: MACs x{info['macs_ratio']:.2f} fewer (ratio {info['ratio_searched']}), "
-                  f"round_to {info['round_to']}, verify error {info['verify_error']:.2g}, {info['prune_s']:.1f} s",
-                  flush=True)
-            for row in measure(name, model, pruned, timed_x, args.threads, rounds, per_round):
+        batch_rows: List[Dict[str, Any]] = []
+        arms = [(p, lambda p=p: prune_half_macs(model, trace_x, *PLANS[p]), None) for p in plans]
+        arms += [(f"latency-{r}", lambda r=r: prune_to_latency(model, timed_x, r, args.threads,
+                                                               args.latency_round_to), [r]) for r in runtimes]
+        for plan_name, prune, measured_on in arms:
+            pruned, info = prune()
+            extra = f", predicted kept latency {info['predicted_keep']:.3f}" if "predicted_keep" in info else ""
+            print(f"{name} batch {timed_x.shape[0]} [{plan_name}]: MACs x{info['macs_ratio']:.2f} fewer (ratio "
+                  f"{info['ratio_searched']}), round_to {info['round_to']}, verify error {info['verify_error']:.2g}"
+                  f"{extra}, {info['prune_s']:.1f} s", flush=True)
+            for row in measure(name, model, pruned, timed_x, args.threads, rounds, per_round, measured_on):
                 row.update(info, plan=plan_name, input_shape=list(timed_x.shape), threads=args.threads)
-                rows.append(row)
+                row.setdefault("runtime", RUNTIME_OF[row["backend"].split()[0]])
                 row["efficiency"] = row["speedup"] / info["macs_ratio"] if "speedup" in row else None
-                family = row["backend"].split()[0]
-                if family != "eager-unfolded" and (len(plans) == 1 or PLAN_FOR_BACKEND.get(family) == plan_name):
-                    label = f"{name} batch {timed_x.shape[0]} {family} [{plan_name}] speed-up / MACs ratio"
-                    targets.append(target(label, row["efficiency"], ">=", EFFICIENCY_GOAL))
-    columns = ["model", "plan", "backend", "input", "before ms", "after ms", "speed-up", "MACs ratio",
-               "speed-up / MACs"]
+                row["kept_latency"] = row["after_ms"] / row["before_ms"] if "speedup" in row else None
+                batch_rows.append(row)
+        rows += batch_rows
+        targets += latency_targets(name, int(timed_x.shape[0]), batch_rows)
+    columns = ["model", "plan", "backend", "input", "before ms", "after ms", "kept latency", "predicted",
+               "speed-up", "MACs ratio", "speed-up / MACs"]
     table = [[r["model"], r["plan"], r["backend"], "x".join(map(str, r["input_shape"])), r.get("before_ms"),
-              r.get("after_ms"), r.get("speedup"), r["macs_ratio"], r.get("efficiency")] for r in rows]
-    print_table(f"latency before / after pruning to half the MACs ({args.threads} threads, medians)", columns, table)
+              r.get("after_ms"), r.get("kept_latency"), r.get("predicted_keep"), r.get("speedup"), r["macs_ratio"],
+              r.get("efficiency")] for r in rows]
+    print_table(f"latency before / after pruning ({args.threads} threads, medians)", columns, table)
     print_targets(targets)
     payload = report("engine_latency", argv_used, start, rows, targets)
     doc = args.docs if args.docs is not None else ("" if args.quick or wanted else str(DOC))
     if doc:
         from _common import doc_command, markdown_table, markdown_targets
 
-        lines = [f"Generated by `{doc_command(payload['command'])}`. prunekit at half the MACs (Budget target macs, "
-                 "keep 0.5, L1) with two width plans: *simd* (round_to auto = "
+        lines = [f"Generated by `{doc_command(payload['command'])}`. *latency-<runtime>* rows: prunekit with the "
+                 f"measured-latency budget (Budget target latency, keep {KEEP}, L1, allocator cost_rank), one plan "
+                 "per runtime, timed on that runtime; *predicted* is the kept latency the cost model promised. "
+                 "Comparison rows at half the MACs: *simd* (round_to auto = "
                  f"{next((r['round_to'] for r in rows if r['plan'] == 'simd'), '?')} on this CPU, uniform) and "
-                 "*memory* (round_to 8, the highest-resolution groups pruned twice as hard: allocator scoped by "
-                 "scale). Each runtime's target is read on the plan made for it (eager: memory, onnxruntime: simd); "
-                 f"every plan is timed on every runtime. Medians of {rounds} alternating rounds of {per_round} calls "
-                 f"after a warm-up, {args.threads} thread(s). *eager-unfolded* times the models as built, with "
-                 "BatchNorm as separate memory-bound passes (reported, no target); *eager (BN folded)* folds each "
-                 "BatchNorm into its convolution as a deployment does (torch.fx fuse), as onnxruntime also does.", ""]
+                 "*memory* (round_to 8, the highest-resolution groups pruned twice as hard), timed on every runtime. "
+                 f"Medians of {rounds} alternating rounds of {per_round} calls after a warm-up, {args.threads} "
+                 "thread(s). *eager-unfolded* times the models as built (BatchNorm as separate passes); *eager (BN "
+                 "folded)* folds each BatchNorm into its convolution as a deployment does (prunekit.export.bn_fold), "
+                 "as onnxruntime also does.", ""]
         lines += markdown_table(columns, table) + [""] + markdown_targets(targets)
-        update_doc_section(doc, "engine_latency", "Latency after pruning to half the MACs", "\n".join(lines))
+        update_doc_section(doc, "engine_latency", "Latency after pruning with a measured-latency budget",
+                           "\n".join(lines))
     if args.json:
         write_json(args.json, payload)
     return 0 if payload["all_passed"] else 1

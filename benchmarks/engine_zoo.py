@@ -41,17 +41,20 @@ def run_prunekit(model: nn.Module, x: Any, x_check: Any) -> Dict[str, Any]:
     from prunekit.errors import ConfigError, UnsupportedOperationError
 
     row: Dict[str, Any] = {"tool": "prunekit"}
+    examples = prunekit.Examples(list(x)) if isinstance(x, tuple) and len(x) == 2 and all(
+        isinstance(t, torch.Tensor) and t.dim() == 4 for t in x) else x  # a batch per branch (op_branch case)
+    x = examples[0] if isinstance(examples, prunekit.Examples) else x
     row["params_before"], row["macs_before"] = _sizes(model, x)
     start = time.perf_counter()
     try:
-        analysis = prunekit.analyze(model, x)
+        analysis = prunekit.analyze(model, examples)
         row["groups_prunable"], row["groups_refused"] = len(analysis.prunable()), len(analysis.refused())
         if not analysis.prunable():
             reasons = sorted({r for g in analysis.refused() for r in g.reasons})
             row.update(status="refused", reason="; ".join(reasons[:3]), seconds=time.perf_counter() - start)
             return row
-        plan = prunekit.plan(model, x, ratio=0.5, analysis=analysis)
-        pruned = prunekit.apply(model, plan, x, analysis=analysis)
+        plan = prunekit.plan(model, examples, ratio=0.5, analysis=analysis)
+        pruned = prunekit.apply(model, plan, examples, analysis=analysis)
     except UnsupportedOperationError as exc:
         row.update(status="refused", reason=_short(exc), seconds=time.perf_counter() - start)
         return row
@@ -154,7 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the real-weights SmolLM2-135M")
     parser.add_argument("--models", default="", help="comma-separated subset of the zoo")
     parser.add_argument("--docs", default=None, help="markdown file whose engine_zoo section is rewritten "
-                                                     "(default docs/results_engine.md on a full-zoo run)")
+                                                     "(default docs/results_engine.md on a full-zoo run without "
+                                                     "--quick)")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--tp-limit", type=float, default=None,
                         help=f"seconds before a Torch-Pruning run is stopped (default {TP_TIME_LIMIT_S:g}, "
@@ -178,8 +182,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows += [{"model": entry.name, "tool": t, "status": "missing", "reason": _short(exc)}
                      for t in ("prunekit", "torch-pruning")]
             continue
+        x_tp = x[0] if entry.name == "op_branch_two_examples" else x  # Torch-Pruning takes one example
         for tool, fn in (("prunekit", lambda: run_prunekit(model, x, x_check)),
-                         ("torch-pruning", lambda: run_torch_pruning(entry.family, model, x, x_check, tp_limit))):
+                         ("torch-pruning", lambda: run_torch_pruning(entry.family, model, x_tp, x_check, tp_limit))):
             row = {"model": entry.name, "family": entry.family, "weights": weights, **fn()}
             rows.append(row)
             print(f"{entry.name:24s} {tool:14s} {row['status']:34s} err={row.get('verify_error')} "
@@ -189,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ["red" if r["status"] in ("SILENTLY WRONG", "crashed", "timed out") else None for r in rows])
     print_targets(targets)
     payload = report("engine_zoo", argv_used, start, rows, targets, counts=counts, tolerance=TOLERANCE)
-    doc = args.docs if args.docs is not None else (str(DOC) if not wanted else "")
+    doc = args.docs if args.docs is not None else (str(DOC) if not wanted and not args.quick else "")
     if doc:
         update_doc_section(doc, "engine_zoo", "Engine zoo: prunekit vs Torch-Pruning",
                            markdown(rows, counts, targets, payload))

@@ -1,17 +1,22 @@
-"""KV-cache channel compression on SmolLM2-135M (real weights): ThinK, CSKV and kvpress's ThinKPress side by side.
+"""KV-cache compression on SmolLM2-135M (real weights): ThinK and calibrated CSKV against the full cache.
 
-    python benchmarks/kvcache.py --json out.json            # full run
-    python benchmarks/kvcache.py --quick --json out.json    # about 10 minutes on a 2-core CPU
+    python benchmarks/kvcache.py --json out.json            # full run (2k/4k retrieval, decode at 1k/4k/8k)
+    python benchmarks/kvcache.py --quick --json out.json    # smoke run on a 2-core CPU
+    python benchmarks/kvcache.py --quick --md               # also regenerate docs/results_kvcache_quick.md
 
-Measures, on WikiText-2 *test* text:
-* memory: bytes the cache really holds after prefilling 1k / 2k / 4k tokens (summed tensor storage), and greedy
-  decoding speed at the longest context;
-* quality: perplexity of segments scored against a compressed cache of their preceding context, and passkey
-  retrieval (a 5-digit number at several depths in real text, exact match);
-* kvpress's ThinKPress (zeroes channels, stores everything) on the same inputs and settings.
+Measures, on real text (WikiText-2 test and valid, Tiny Shakespeare):
+* memory: everything the compression keeps alive (`prunekit.kvcache.memory`): bytes per token, bytes per sequence,
+  fixed bytes (CSKV's factors), the context length where the compressed cache breaks even at batch 1 and 8, as a
+  fraction of an fp32 and of an fp16 full cache;
+* quality: perplexity of segments scored against a compressed cache of their preceding context;
+* retrieval: several named keys per prompt at 10 depths in several haystacks, each asked for after the compressed
+  context (`prunekit.kvcache.evaluate.retrieval_accuracy`), compared prompt by prompt with the full cache;
+* decode speed: greedy steps after the same prefill, the presses' steps interleaved, median ms per token.
 
-CSKV factors are calibrated on WikiText-2 *valid* (never the test text) and cached under
-``prunekit.paths.cache_root()/kvcache`` (``--retrain`` ignores the cache). Writes ``docs/results_kvcache.md``.
+CSKV is calibrated through the one call `prunekit.kvcache.calibrate` (defaults) on WikiText-2 *valid*; factors are
+cached under ``prunekit.paths.cache_root()/kvcache`` (``--retrain`` ignores the cache). Ablation rows record which
+change recovers what: ThinK with the paper's recent window of 32 (``think40_recent32``), CSKV with the paper's
+calibration (uniform ranks, uniform token weights, no sink: ``cskv80_paper``) and with an uncalibrated SVD.
 """
 from __future__ import annotations
 
@@ -26,69 +31,54 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import TARGET_COLUMNS, markdown_table  # noqa: E402
+from _common import (THREADS_HELP, markdown_table, markdown_target_table, print_targets, report,  # noqa: E402
+                     target, write_json)
 
+from prunekit.errors import ConfigError  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
-from prunekit.kvcache import cskv_train, evaluate  # noqa: E402
+from prunekit.kvcache import calibrate, cskv_train, evaluate, memory  # noqa: E402
 from prunekit.kvcache.cskv import CSKVPress  # noqa: E402
-from prunekit.kvcache.eviction import HeavyHitterEviction  # noqa: E402
 from prunekit.kvcache.think import ThinKPress  # noqa: E402
 from prunekit.paths import cache_root, repo_root  # noqa: E402
 
-CSKV80 = (0.2, 0.2)  # (k_density, v_density) for 80%: best of 6 splits on WikiText-2 valid (see docs)
-KEY_WEIGHT = 3.0  # adaptive rank allocation: key errors count 3x (best of 1/2/3 on WikiText-2 valid perplexity)
 SETTINGS = {
-    "quick": dict(contexts=(1024, 2048, 4096), decode_tokens=16, ppl_context=512, ppl_segment=128, ppl_windows=10,
-                  passkey_tokens=1024, depths=(0.1, 0.3, 0.5, 0.7, 0.9), trials=2, calib_seq=8, steps=20,
-                  qat_steps=0),
-    "full": dict(contexts=(1024, 2048, 4096), decode_tokens=32, ppl_context=1024, ppl_segment=128, ppl_windows=32,
-                 passkey_tokens=2048, depths=(0.1, 0.3, 0.5, 0.7, 0.9), trials=4, calib_seq=32, steps=20,
-                 qat_steps=300),
+    "quick": dict(memory_contexts=(512, 1024, 2048), speed_contexts=(1024, 2048), decode_tokens=8, ppl_context=512,
+                  ppl_segment=128, ppl_windows=6, retrieval_lengths=(1024,), prompts=6, needles=3, calib_seq=8,
+                  retrieval_methods=("full", "think40", "think40_recent32", "cskv80", "cskv80_paper",
+                                     "cskv80_exact")),
+    "full": dict(memory_contexts=(1024, 2048, 4096), speed_contexts=(1024, 4096, 8160), decode_tokens=12,
+                 ppl_context=1024, ppl_segment=128, ppl_windows=12, retrieval_lengths=(2048, 4096), prompts=12,
+                 needles=3, calib_seq=32,
+                 retrieval_methods=("full", "think40", "cskv80", "cskv80_exact", "think40_recent32", "cskv80_paper")),
 }
+EXACT_RATIO = 0.02  # cskv80_exact: 2% of the prompt's tokens kept exact (chosen by the last 32 queries' attention)
+MEMORY_SET = ("full", "think40", "think40_recent32", "think50", "cskv80", "cskv80_exact", "cskv80_4bit")
+SPEED_SET = ("full", "think40", "cskv80")
+PPL_SET = ("full", "think40", "think40_recent32", "think50", "kvpress_think40", "cskv80", "cskv80_exact",
+           "cskv80_paper", "cskv80_svd")
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def factors_for(model, stats_fn, kd: float, vd: float, steps: int, calib_seq: int, bits: int, retrain: bool,
-                allocation: str = "adaptive", weighting: str = "attention"):
-    """Trained CSKV factors (ALS for float latents, Adam QAT for 4 bits), loaded from the cache when present."""
-    optimizer = "als" if bits >= 16 else "adam"
-    folder = cache_root() / "kvcache" / (f"cskv_smollm2_k{kd}_v{vd}_b{bits}_{optimizer}{steps}_c{calib_seq}_"
-                                         f"{allocation}{KEY_WEIGHT if allocation == 'adaptive' else ''}_{weighting}")
+def calibrated(model, tokenizer, name: str, calib_seq: int, retrain: bool, **settings):
+    """A CSKV press from `prunekit.kvcache.calibrate`, reloaded from the cache folder when present."""
+    key = "_".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    folder = cache_root() / "kvcache" / f"calibrate_smollm2_{name}_c{calib_seq}_{key}"
     if (folder / cskv_train.META_FILE).is_file() and not retrain:
-        log(f"loading CSKV factors from {folder}")
-        return cskv_train.load(folder), True
-    cfg = cskv_train.TrainConfig(optimizer=optimizer, steps=steps, bits=bits, lr=1e-3 if bits < 16 else 3e-3,
-                                 allocation=allocation, key_weight=KEY_WEIGHT, weighting=weighting)
-    factors = cskv_train.fit(model, stats_fn(bits < 16, weighting), kd, vd, cfg, progress=True)
-    factors.metadata["calib_tokens"] = calib_seq * 512
-    cskv_train.save(factors, folder)
-    return factors, False
+        return CSKVPress.from_pretrained(str(folder)), 0.0, True
+    t0 = time.perf_counter()
+    press = calibrate(model, tokenizer, n_seq=calib_seq, save_to=folder, **settings)
+    return press, time.perf_counter() - t0, False
 
 
-def build_presses(factors: dict, kvpress_mod) -> dict:
-    kd, vd = CSKV80
-    presses = {
-        "full": None,
-        "think40": ThinKPress(key_ratio=0.4),
-        "think50": ThinKPress(key_ratio=0.5),
-        "think40_r0": ThinKPress(key_ratio=0.4, recent_size=0),
-        "think50_r0": ThinKPress(key_ratio=0.5, recent_size=0),
-        "think40+hh50": ThinKPress(key_ratio=0.4, eviction=HeavyHitterEviction(token_ratio=0.5)),
-        "cskv50": CSKVPress(k_density=0.5, v_density=0.5, factors=factors["cskv50"]),
-        "cskv80_svd": CSKVPress(k_density=kd, v_density=vd),
-        "cskv80_uniform": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80_uniform"]),
-        "cskv80_unweighted": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80_unweighted"]),
-        "cskv80": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"]),
-        "cskv80_nosink": CSKVPress(k_density=kd, v_density=vd, factors=factors["cskv80"], sink=0),
-        "cskv80_4bit": CSKVPress(k_density=kd, v_density=vd, bits=4, factors=factors["cskv80_4bit"]),
-    }
-    if kvpress_mod is not None:
-        presses["kvpress_think40"] = kvpress_mod.ThinKPress(key_channel_compression_ratio=0.4)
-        presses["kvpress_think50"] = kvpress_mod.ThinKPress(key_channel_compression_ratio=0.5)
-    return presses
+def refusal_works(model) -> bool:
+    try:
+        with CSKVPress()(model):
+            return False
+    except ConfigError as exc:
+        return "prunekit kv calibrate" in str(exc)
 
 
 def run(args) -> dict:
@@ -101,184 +91,248 @@ def run(args) -> dict:
     s = SETTINGS["quick" if args.quick else "full"]
     start = time.perf_counter()
     model, tokenizer = smollm2_135m(), load_tokenizer("smollm2_135m")
-    test_ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=400_000)
+    test_ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=600_000)
     log(f"model and {test_ids.numel()} WikiText-2 test tokens loaded")
+
+    refused = refusal_works(model)
+    calib = {}
+    for name, settings in {"cskv80": dict(density=0.2),
+                           "cskv80_paper": dict(density=0.2, allocation="uniform", weighting="uniform",
+                                                sink=0)}.items():
+        press, seconds, loaded = calibrated(model, tokenizer, name, s["calib_seq"], args.retrain, **settings)
+        calib[name] = {"press": press, "seconds": seconds, "loaded": loaded}
+        log(f"{name}: factors {'loaded' if loaded else f'calibrated in {seconds:.0f} s'}")
+    presses = {
+        "full": None,
+        "think40": ThinKPress(key_ratio=0.4),
+        "think40_recent32": ThinKPress(key_ratio=0.4, recent_size=32),
+        "think50": ThinKPress(key_ratio=0.5),
+        "cskv80": calib["cskv80"]["press"],
+        "cskv80_paper": calib["cskv80_paper"]["press"],
+        "cskv80_svd": CSKVPress(k_density=0.2, v_density=0.2, init="svd"),
+        "cskv80_exact": CSKVPress(factors=calib["cskv80"]["press"].factors, exact_ratio=EXACT_RATIO),
+        "cskv80_4bit": CSKVPress(factors=calib["cskv80"]["press"].factors, bits=4),
+    }
     try:
-        import kvpress as kvpress_mod
+        import kvpress
+
+        presses["kvpress_think40"] = kvpress.ThinKPress(key_channel_compression_ratio=0.4)
     except ImportError:
-        kvpress_mod = None
         log("kvpress is not installed: its ThinKPress is skipped")
 
-    calib = evaluate.calibration_ids(tokenizer, s["calib_seq"], 512, split="valid")
-    cached_stats = {}
+    mem = {}
+    for name in MEMORY_SET:
+        bytes_at = {}
+        for ctx in s["memory_contexts"]:
+            cache = evaluate.new_cache(model)
+            with evaluate.press_context(presses[name], model), torch.no_grad():
+                model.model(input_ids=test_ids[None, :ctx], past_key_values=cache, use_cache=True)
+            bytes_at[ctx] = {"fp32": memory.cache_nbytes_as(cache), "fp16": memory.cache_nbytes_as(cache, 2)}
+        mem[name] = {"bytes": bytes_at,
+                     "fixed": {"fp32": memory.press_fixed_nbytes(presses[name]),
+                               "fp16": memory.press_fixed_nbytes(presses[name], 2)}}
+        log(f"memory {name}: {bytes_at}")
+    big = max(s["memory_contexts"])
+    for name, m in mem.items():
+        for dtype in ("fp32", "fp16"):
+            prof = memory.fit_profile({c: v[dtype] for c, v in m["bytes"].items()},
+                                      {c: v[dtype] for c, v in mem["full"]["bytes"].items()}, m["fixed"][dtype])
+            m[dtype] = dict(prof.as_dict(), ratio_at_big=(m["fixed"][dtype] + m["bytes"][big][dtype]) /
+                            mem["full"]["bytes"][big][dtype])
 
-    def stats_fn(keep_inputs: bool, weighting: str):
-        if (keep_inputs, weighting) not in cached_stats:
-            cached_stats[keep_inputs, weighting] = cskv_train.collect_attention_inputs(
-                model, calib, keep_inputs=keep_inputs, weighting=weighting)
-        return cached_stats[keep_inputs, weighting]
-
-    factors, train_info = {}, {}
-    qat = s["qat_steps"] > 0
-    for name, (kd, vd, bits, allocation, weighting) in {
-            "cskv50": (0.5, 0.5, 16, "adaptive", "attention"),
-            "cskv80_uniform": (*CSKV80, 16, "uniform", "uniform"),
-            "cskv80_unweighted": (*CSKV80, 16, "adaptive", "uniform"),
-            "cskv80": (*CSKV80, 16, "adaptive", "attention"),
-            "cskv80_4bit": (*CSKV80, 4 if qat else 16, "adaptive", "attention")}.items():
-        t0 = time.perf_counter()
-        steps = s["qat_steps"] if bits < 16 else s["steps"]
-        factors[name], loaded = factors_for(model, stats_fn, kd, vd, steps, s["calib_seq"], bits, args.retrain,
-                                            allocation, weighting)
-        layers = factors[name].metadata.get("layers", [])
-        train_info[name] = {"seconds": time.perf_counter() - t0, "loaded": loaded, "bits": bits,
-                            "allocation": allocation, "weighting": weighting,
-                            "k_err_before": sum(r["k_before"] for r in layers) / max(len(layers), 1),
-                            "k_err_after": sum(r["k_after"] for r in layers) / max(len(layers), 1),
-                            "v_err_before": sum(r["v_before"] for r in layers) / max(len(layers), 1),
-                            "v_err_after": sum(r["v_after"] for r in layers) / max(len(layers), 1)}
-        log(f"{name} factors ready: {train_info[name]}")
-    cached_stats.clear()
-    presses = build_presses(factors, kvpress_mod)
-
-    memory = {}
-    memory_set = ["full", "think40", "think50", "think40+hh50", "cskv50", "cskv80", "cskv80_4bit",
-                  "kvpress_think50"]
-    for ctx in s["contexts"]:
-        ids = test_ids[None, :ctx]
-        for name in [n for n in memory_set if n in presses]:
-            decode = s["decode_tokens"] if ctx == max(s["contexts"]) else 0
-            result = evaluate.measure_cache(model, presses[name], ids, decode)
-            memory.setdefault(name, {})[ctx] = result
-            log(f"memory {name} @ {ctx}: {result['bytes'] / 2**20:.2f} MB, decode {result['decode_ms_per_token']:.1f}")
-    for name, per_ctx in memory.items():
-        for ctx, result in per_ctx.items():
-            result["saving"] = 1.0 - result["bytes"] / memory["full"][ctx]["bytes"]
+    speed = {}
+    for ctx in s["speed_contexts"]:
+        speed[ctx] = evaluate.decode_speed(model, {n: presses[n] for n in SPEED_SET}, test_ids[None, :ctx],
+                                           s["decode_tokens"])
+        log(f"decode ms/token @ {ctx}: {speed[ctx]}")
 
     ppl = {}
-    ppl_set = ["full", "think40", "think50", "think40_r0", "kvpress_think40", "think40+hh50", "cskv50",
-               "cskv80_svd", "cskv80_uniform", "cskv80_unweighted", "cskv80_nosink", "cskv80", "cskv80_4bit"]
-    for name in [n for n in ppl_set if n in presses]:
+    for name in [n for n in PPL_SET if n in presses]:
         ppl[name] = evaluate.compressed_perplexity(model, presses[name], test_ids, s["ppl_context"], s["ppl_segment"],
                                                    s["ppl_windows"])
         ppl[name]["ratio"] = ppl[name]["ppl"] / ppl["full"]["ppl"]
         log(f"ppl {name}: {ppl[name]['ppl']:.3f} (x{ppl[name]['ratio']:.4f})")
 
-    passkey = {}
-    prompts = evaluate.passkey_prompts(tokenizer, s["passkey_tokens"], s["depths"], s["trials"])
-    for name in [n for n in ("full", "think40", "kvpress_think40", "cskv80") if n in presses]:
-        result = evaluate.passkey_accuracy(model, tokenizer, presses[name], prompts)
-        passkey[name] = {"accuracy": result["accuracy"], "per_depth": result["per_depth"]}
-        log(f"passkey {name}: {result['accuracy']:.3f} {result['per_depth']}")
+    retrieval = {}
+    for length in s["retrieval_lengths"]:
+        prompts = evaluate.retrieval_prompts(tokenizer, length, s["prompts"], s["needles"])
+        for name in s["retrieval_methods"]:
+            result = evaluate.retrieval_accuracy(model, tokenizer, presses[name], prompts)
+            result.pop("answers")
+            retrieval.setdefault(length, {})[name] = result
+        for name, result in retrieval[length].items():
+            below = evaluate.prompts_below(result, retrieval[length]["full"])
+            result["prompts_below_per12"] = below * 12 / s["prompts"]
+            log(f"retrieval @ {length} {name}: {result['found']}/{result['needles']} found, "
+                f"{result['prompts_below_per12']:.2f} prompts in 12 below full")
 
-    big = max(s["contexts"])
-    targets = [
-        {"name": "think50_kv_saving_4k", "value": memory["think50"][big]["saving"], "op": ">=", "target": 0.24},
-        {"name": "think50_kv_saving_4k_upper", "value": memory["think50"][big]["saving"], "op": "<=", "target": 0.26},
-        {"name": "cskv50_kv_saving_4k", "value": memory["cskv50"][big]["saving"], "op": ">=", "target": 0.49},
-        {"name": "cskv80_kv_saving_4k", "value": memory["cskv80"][big]["saving"], "op": ">=", "target": 0.79},
-        {"name": "cskv80_4bit_kv_saving_4k", "value": memory["cskv80_4bit"][big]["saving"], "op": ">=",
-         "target": 0.94},
-        {"name": "think40_ppl_ratio", "value": ppl["think40"]["ratio"], "op": "<=", "target": 1.02},
-        {"name": "think40_passkey_accuracy", "value": passkey["think40"]["accuracy"], "op": ">=",
-         "target": passkey["full"]["accuracy"]},
-        {"name": "cskv80_trained_ppl_ratio", "value": ppl["cskv80"]["ratio"], "op": "<=", "target": 1.10},
-    ]
-    if "kvpress_think40" in ppl:
-        parity = abs(ppl["think40_r0"]["ppl"] / ppl["kvpress_think40"]["ppl"] - 1.0)
-        targets.append({"name": "think40_vs_kvpress_same_settings_ppl_gap", "value": parity, "op": "<=",
-                         "target": 0.005})
-    for t in targets:
-        t["passed"] = bool(t["value"] >= t["target"] if t["op"] == ">=" else t["value"] <= t["target"])
-    return {"mode": "quick" if args.quick else "full", "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in s.items()},
-            "cskv80_densities": list(CSKV80), "cskv_training": train_info, "memory": memory, "ppl": ppl,
-            "passkey": passkey, "targets": targets, "seconds": time.perf_counter() - start,
-            "torch_threads": args.threads}
+    targets = build_targets(s, mem, ppl, retrieval, speed, refused)
+    return {"mode": "quick" if args.quick else "full", "settings": s, "memory": mem, "decode_ms": speed, "ppl": ppl,
+            "retrieval": retrieval, "targets": targets, "torch_threads": args.threads,
+            "calibration_seconds": {n: c["seconds"] for n, c in calib.items()},
+            "calibration_loaded": {n: c["loaded"] for n, c in calib.items()},
+            "cskv80_ranks": {"k": calib["cskv80"]["press"].factors.k_ranks,
+                             "v": calib["cskv80"]["press"].factors.v_ranks},
+            "seconds": time.perf_counter() - start}
+
+
+def build_targets(s, mem, ppl, retrieval, speed, refused) -> list:
+    big, fast = max(s["memory_contexts"]), max(c for c in s["speed_contexts"] if c <= 4096)
+    lengths = s["retrieval_lengths"]
+    out = [target(f"think40_bytes_vs_full_fp32_{big}", mem["think40"]["fp32"]["ratio_at_big"], "<=", 0.81),
+           target("think40_ppl_ratio", ppl["think40"]["ratio"], "<=", 1.02)]
+    for length in lengths:
+        out.append(target(f"think40_retrieval_{length}_prompts_below_full_per12",
+                          retrieval[length]["think40"]["prompts_below_per12"], "<=", 1.0))
+    out.append(target(f"think40_decode_speed_vs_full_{fast}", speed[fast]["full"] / speed[fast]["think40"], ">=",
+                      1.0))
+    out += [target(f"cskv80_bytes_with_factors_vs_full_fp32_{big}", mem["cskv80"]["fp32"]["ratio_at_big"], "<=",
+                   0.30),
+            target("cskv80_ppl_ratio", ppl["cskv80"]["ratio"], "<=", 1.10),
+            target(f"cskv80_retrieval_{lengths[0]}_prompts_below_full_per12",
+                   retrieval[lengths[0]]["cskv80"]["prompts_below_per12"], "<=", 2.0),
+            target(f"cskv80_decode_speed_vs_full_{fast}", speed[fast]["full"] / speed[fast]["cskv80"], ">=", 0.7),
+            target("cskv_press_without_factors_refused", float(refused), ">=", 1.0)]
+    return out
 
 
 def markdown(r: dict) -> str:
     s = r["settings"]
-    ctxs = s["contexts"]
-    big = max(ctxs)
+    big = max(s["memory_contexts"])
+    mb = lambda b: f"{b / 2**20:.2f}"  # noqa: E731
     out = [f"# KV-cache compression on SmolLM2-135M ({r['mode']} run)", "",
            "Generated by `python benchmarks/kvcache.py" + (" --quick" if r["mode"] == "quick" else "") +
-           "`; do not edit by hand. Model in float32, so the full cache is fp32 "
-           "(30 layers x 3 KV heads x 64 channels). Bytes are summed tensor storage of the cache after prefill.",
-           "", "## Memory (MB held by the cache) and saving vs the full cache", "",
-           "| method | " + " | ".join(f"{c} tok" for c in ctxs) + f" | saving @ {big} | decode ms/token @ {big} |",
-           "|---|" + "---|" * (len(ctxs) + 2)]
-    for name, per in r["memory"].items():
-        cells = [f"{per[c]['bytes'] / 2**20:.2f}" for c in ctxs]
-        out.append(f"| {name} | " + " | ".join(cells) +
-                   f" | {per[big]['saving']:.1%} | {per[big]['decode_ms_per_token']:.1f} |")
-    out += ["", f"## Perplexity (WikiText-2 test; {s['ppl_windows']} windows, each {s['ppl_segment']} tokens "
-                f"scored against a compressed cache of the preceding {s['ppl_context']})", "",
-            "| method | ppl | ratio to full |", "|---|---|---|"]
-    out += [f"| {n} | {v['ppl']:.3f} | {v['ratio']:.4f} |" for n, v in r["ppl"].items()]
-    depths = s["depths"]
-    out += ["", f"## Passkey retrieval ({s['passkey_tokens']} tokens of WikiText-2 test, {s['trials']} haystacks "
-                f"per depth, exact match)", "",
-            "| method | accuracy | " + " | ".join(f"depth {d}" for d in depths) + " |",
-            "|---|---|" + "---|" * len(depths)]
-    for n, v in r["passkey"].items():
-        per = {float(k): x for k, x in v["per_depth"].items()}
-        out.append(f"| {n} | {v['accuracy']:.2f} | " + " | ".join(f"{per.get(d, float('nan')):.2f}" for d in depths)
-                   + " |")
-    out += ["", "## CSKV factors (calibrated on WikiText-2 valid)", "",
-            "Layer-wise reconstruction training (float latents: alternating least squares on the exact loss over all "
-            "calibration tokens; 4-bit: Adam with fake-quantised latents). Errors are relative squared errors of "
-            "the float-latent reconstruction under each row's own token weighting, averaged over the 30 layers.", "",
-            "| factors | ranks | token weights | bits (training) | mean rel. err K before -> after | V before -> after "
-            "| seconds | cached |", "|---|---|---|---|---|---|---|---|"]
-    for n, v in r["cskv_training"].items():
-        out.append(f"| {n} | {v.get('allocation', 'uniform')} | {v.get('weighting', 'uniform')} | {v['bits']} | "
-                   f"{v['k_err_before']:.3f} -> {v['k_err_after']:.3f} | "
-                   f"{v['v_err_before']:.3f} -> {v['v_err_after']:.3f} | {v['seconds']:.0f} | {v['loaded']} |")
-    out += ["", "## Targets", "", *markdown_table(
-        TARGET_COLUMNS, [[t["name"], f"{t['value']:.4f}", t["op"], f"{t['target']:.4f}", "yes" if t["passed"] else "NO"]
-                         for t in r["targets"]])]
-    kd, vd = r["cskv80_densities"]
-    out += ["", "## Notes", "",
-            "- think40/think50: ThinK with 40%/50% of key channels removed (paper defaults: 32 observation queries, "
-            "32 most recent tokens unpruned). `_r0` uses kvpress's settings (no recent window) and should match "
-            "kvpress_think40 up to float error; kvpress zeroes channels, so its cache stays full size.",
-            f"- cskv80 stores K/V latents of {kd}/{vd} of the 192 stacked KV channels on average; cskv50 0.5/0.5. "
-            "*uniform* ranks are the paper's (the same rank in every layer); *adaptive* ranks store the same total "
-            "latent channels, spread over layers and K/V by the calibration spectra (cskv_train.allocate_ranks, key "
-            f"errors weighted {KEY_WEIGHT}x), so the memory is the same. *uniform* token weights are the paper's "
-            "(every calibration token counts the same); *attention* weights each token by the attention it receives "
-            "from queries at least a window later, i.e. while it is a latent (prunekit.kvcache.calibration). "
-            "Every CSKV row keeps the first 4 tokens (the "
-            "attention sink) as original keys and values, except cskv80_nosink (the paper's layout). Savings are "
-            "relative to the fp32 cache; against a 16-bit cache the 4-bit latents would save less (scales and the "
-            "full-precision window weigh more).",
-            f"- The cskv80_4bit row stores 4-bit latents (packed two per byte, fp16 group scales); in quick mode it "
-            "reuses the float-trained factors, the full run trains them quantisation-aware.",
-            "- thinK40+hh50 composes ThinK with heavy-hitter token eviction (50% of prompt tokens kept).",
-            f"- Decode speed: greedy steps after a {big}-token prefill, {r['torch_threads']} torch threads, CPU shared "
-            "with other jobs, so timings are indicative. CSKV reconstructs old keys at every step (RoPE prevents "
-            "absorbing the key up-projection), which costs time on CPU.",
+           " --md`; do not edit by hand. The model runs in float32, so the measured full cache is fp32 (30 layers x "
+           "3 KV heads x 64 channels, K and V); *fp16* columns count the same tensors as an fp16 model would store "
+           "them (float32 tensors at 2 bytes; quantised codes, int16 channel indices and fp16 scales as they are).",
+           "", "## Memory: everything kept alive", "",
+           f"Bytes after prefilling WikiText-2 test text at batch 1 (MB); *fixed* is what the press holds whatever the "
+           f"batch or length (CSKV's factors). *of full* counts fixed bytes too, at {big} tokens. Break-even: the "
+           f"context length from which the compressed cache, fixed bytes included, is smaller than the full one, at "
+           f"batch 1 and 8 (fitted line through the measured sizes, `prunekit.kvcache.memory`).", ""]
+    rows = []
+    for name, m in r["memory"].items():
+        rows.append([name] + [mb(m["bytes"][c]["fp32"]) for c in s["memory_contexts"]] +
+                    [mb(m["fixed"]["fp32"]), f"{m['fp32']['per_token']:.0f}", f"{m['fp32']['ratio_at_big']:.1%}",
+                     f"{m['fp16']['ratio_at_big']:.1%}",
+                     f"{m['fp32']['break_even_b1']:.0f} / {m['fp32']['break_even_b8']:.0f}",
+                     f"{m['fp16']['break_even_b1']:.0f} / {m['fp16']['break_even_b8']:.0f}"])
+    out += markdown_table(["method"] + [f"{c} tok" for c in s["memory_contexts"]] +
+                          ["fixed", "bytes/token", f"of full fp32 @ {big}", f"of full fp16 @ {big}",
+                           "break-even fp32 B=1 / B=8", "break-even fp16 B=1 / B=8"], rows)
+    out += ["", "## Decode speed (ms per token, median of interleaved greedy steps)", ""]
+    ctxs = list(r["decode_ms"])
+    names = list(next(iter(r["decode_ms"].values())))
+    out += markdown_table(["method"] + [f"{c} tok" for c in ctxs] + [f"speed vs full @ {c}" for c in ctxs],
+                          [[n] + [f"{r['decode_ms'][c][n]:.1f}" for c in ctxs] +
+                           [f"{r['decode_ms'][c]['full'] / r['decode_ms'][c][n]:.2f}x" for c in ctxs] for n in names])
+    out += ["", f"## Perplexity (WikiText-2 test; {s['ppl_windows']} windows, each {s['ppl_segment']} tokens scored "
+                f"against a compressed cache of the preceding {s['ppl_context']})", ""]
+    out += markdown_table(["method", "ppl", "ratio to full"],
+                          [[n, f"{v['ppl']:.3f}", f"{v['ratio']:.4f}"] for n, v in r["ppl"].items()])
+    out += ["", f"## Retrieval ({s['prompts']} prompts x {s['needles']} named keys, needles at 10 depths, haystacks "
+                "cycling WikiText-2 test / Tiny Shakespeare / WikiText-2 valid; each key asked for after the "
+                "compressed context; exact match)", ""]
+    for length, per in r["retrieval"].items():
+        depths = sorted({float(d) for v in per.values() for d in v["per_depth"]})
+        out += [f"**{length} tokens**", ""]
+        out += markdown_table(["method", "keys found", "prompts fully solved", "prompts below full (per 12)"] +
+                              [f"d{d:.2f}" for d in depths],
+                              [[n, f"{v['found']}/{v['needles']}", f"{v['prompts_solved']}/{len(v['per_prompt'])}",
+                                f"{v['prompts_below_per12']:.2f}"] +
+                               [f"{dict((float(k), x) for k, x in v['per_depth'].items()).get(d, float('nan')):.2f}"
+                                for d in depths] for n, v in per.items()])
+        out.append("")
+    out += ["## Which change recovered what", "", *ablation_lines(r), "",
+            "## Targets", "", *markdown_target_table(r["targets"]), "", "## Notes", "",
+            "- think40 / think50: ThinK with 40% / 50% of key channels removed from every prompt token (32 "
+            "observation queries; no recent window by default). think40_recent32 is the paper's layout (the 32 most "
+            "recent prompt tokens unpruned): the ablation for the default's change. kvpress_think40 zeroes channels "
+            "(no memory saved) and should match think40 in perplexity.",
+            "- cskv80: `prunekit.kvcache.calibrate(model, tokenizer, density=0.2)` with its defaults (ASVD, layer-wise "
+            "ALS, ranks spread over layers and K/V with key errors weighted 3x, calibration tokens weighted by the "
+            "attention they receive as latents, first 4 tokens kept exact). cskv80_paper: the paper's calibration "
+            "(the same rank everywhere, uniform token weights, no sink), same memory. cskv80_svd: `init='svd'`, "
+            "uncalibrated. cskv80_4bit: 4-bit latents with the float-calibrated factors (memory only)." +
+            (f" cskv80_exact: cskv80 plus {EXACT_RATIO:.0%} of the prompt's tokens kept as original keys and values, "
+             "those the last 32 prompt queries attend to most (`CSKVPress(exact_ratio=...)`)."
+             if "cskv80_exact" in r["memory"] else ""),
+            f"- CSKV ranks per layer (K): {r['cskv80_ranks']['k']}; (V): {r['cskv80_ranks']['v']}.",
+            "- Retrieval: the question is not compressed (as in kvpress's pipeline); answers run outside the press "
+            "context through transformers' own attention over the compressed cache "
+            "(`CompressedLayer.materialize`), and the cache is cropped back between questions.",
+            f"- Decode speed: {r['torch_threads']} torch thread(s), on a CPU shared with other jobs: the presses' "
+            "steps are interleaved so load hits them alike, but absolute figures are indicative.",
             f"- Total benchmark time: {r['seconds']:.0f} s."]
     return "\n".join(out) + "\n"
 
 
+ABLATIONS = (  # (change, with it, without it)
+    ("ThinK: no recent window (the default) instead of the paper's 32 unpruned recent tokens", "think40",
+     "think40_recent32"),
+    ("CSKV: prunekit's calibration (adaptive ranks, attention-weighted tokens, 4 sink tokens) instead of the paper's",
+     "cskv80", "cskv80_paper"),
+    ("CSKV: calibrated factors instead of an uncalibrated SVD", "cskv80", "cskv80_svd"),
+    ("CSKV: exact heavy-hitter tokens on top of the calibrated latents", "cskv80_exact", "cskv80"),
+)
+
+
+def ablation_lines(r: dict) -> list:
+    """One bullet per ablation pair: retrieval keys found, perplexity ratio and bytes, with and without the change."""
+    lines = []
+    big = max(r["settings"]["memory_contexts"])
+    for change, with_it, without in ABLATIONS:
+        parts = []
+        for length, per in r["retrieval"].items():
+            if with_it in per and without in per:
+                parts.append(f"retrieval @ {length}: {per[with_it]['found']} vs {per[without]['found']} keys of "
+                             f"{per[with_it]['needles']}")
+        if with_it in r["ppl"] and without in r["ppl"]:
+            parts.append(f"perplexity ratio {r['ppl'][with_it]['ratio']:.4f} vs {r['ppl'][without]['ratio']:.4f}")
+        if with_it in r["memory"] and without in r["memory"]:
+            parts.append(f"bytes of full fp32 @ {big} {r['memory'][with_it]['fp32']['ratio_at_big']:.1%} vs "
+                         f"{r['memory'][without]['fp32']['ratio_at_big']:.1%}")
+        if parts:
+            lines.append(f"- {change} ({with_it} vs {without}): " + "; ".join(parts) + ".")
+    return lines
+
+
+def _int_keys(obj):
+    """JSON turns the context lengths keying the results into strings: turn them back."""
+    if isinstance(obj, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_int_keys(v) for v in obj]
+    return obj
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short contexts and fewer windows (CPU, ~10 min)")
+    parser.add_argument("--quick", action="store_true", help="short contexts, 6 retrieval prompts (CPU smoke run)")
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--docs", default=str(repo_root() / "docs" / "results_kvcache.md"),
-                        help="markdown file to write ('' to skip)")
+    parser.add_argument("--md", nargs="?", const="auto", default=None,
+                        help="write the markdown page (default path docs/results_kvcache[_quick].md)")
     parser.add_argument("--retrain", action="store_true", help="ignore cached CSKV factors")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="measure nothing: rebuild the markdown from a JSON report this script wrote")
     args = parser.parse_args(argv)
-    result = run(args)
+    start = time.perf_counter()
+    if args.render:
+        result = _int_keys(json.loads(Path(args.render).read_text()))
+        args.quick = result["mode"] == "quick"
+    else:
+        result = run(args)
     text = markdown(result)
     print(text)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2, default=str))
-    if args.docs:
-        atomic_write_text(args.docs, text)
+    print_targets(result["targets"])
+    if args.json and not args.render:
+        write_json(args.json, report("kvcache", sys.argv[1:] if argv is None else argv, start, [], result["targets"],
+                                     **{k: v for k, v in result.items() if k != "targets"}))
+    if args.md:
+        path = args.md if args.md != "auto" else str(
+            repo_root() / "docs" / ("results_kvcache_quick.md" if args.quick else "results_kvcache.md"))
+        atomic_write_text(path, text)
     return 0 if all(t["passed"] for t in result["targets"]) else 1
 
 

@@ -16,6 +16,7 @@ SECTIONS = [
     ("results_detect.md", "Detection (benchmarks/pipeline_detect.py)"),
     ("results_kvcache.md", "KV-cache compression on SmolLM2-135M (benchmarks/kvcache.py)"),
     ("results_kvcache_quick.md", "KV-cache compression, quick mode (benchmarks/kvcache.py --quick)"),
+    ("results_pdp.md", "PDP soft masks: unstructured, N:M and channel sparsity (benchmarks/pdp.py)"),
 ]
 
 

@@ -1,169 +1,119 @@
 """The short public API: plan, apply, verify, prune, save, load.
 
-    plan = prunekit.plan(model, inputs, ratio=0.5, criterion="l1", allocator="uniform")
+    plan = prunekit.plan(model, inputs, PlanConfig.load("plan.yaml"))    # or ratio=0.5, criterion="l1", ...
     pruned = prunekit.apply(model, plan, inputs)          # verified against the masked original
     prunekit.save(pruned, plan, "out/")                    # safetensors + plan.json, no pickle
     again = prunekit.load("out/", model=build_original())  # replays the plan, loads the weights
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Union
 
-import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .graph import Analysis, analyze
-from .graph.types import Budget, ChannelGroup
-from .prune.plan import PruningPlan, describe_inputs, make_inputs, model_fingerprint
+from .graph.types import Budget
+from .prune.plan import PruningPlan, make_inputs
 from .prune.verify import VerifyReport, verify_pruning
 
-
-def _eligible(groups: Sequence[ChannelGroup], allow_inexact: bool) -> list:
-    out = []
-    for g in groups:
-        g2 = copy.copy(g)
-        if g.prunable and not g.exact and not allow_inexact:
-            g2.prunable = False
-            g2.reasons = list(g.reasons) + ["inexact removal not allowed (pass allow_inexact=True)"]
-        out.append(g2)
-    return out
+if TYPE_CHECKING:
+    from .planning import PlanConfig
 
 
-def plan(model: nn.Module, inputs: Any, ratio: float = 0.5, criterion: str = "l1", allocator: str = "uniform",
-         budget: Optional[Budget] = None, forward_fn: Optional[Callable] = None,
-         calibration: Optional[Iterable[Any]] = None, loss_fn: Optional[Callable] = None,
-         allow_inexact: bool = False, round_to: Union[int, str, None] = None, max_ratio: Optional[float] = None,
-         ignore: Sequence[str] = (), criterion_options: Optional[Dict] = None,
-         allocator_options: Optional[Dict] = None, model_spec: Optional[Dict] = None,
-         analysis: Optional[Analysis] = None, strict: bool = False) -> PruningPlan:
-    """Decide what to remove. The model is not modified.
+_KEYWORDS = ("ratio", "criterion", "allocator", "budget", "allow_inexact", "round_to", "max_ratio", "ignore",
+             "criterion_options", "allocator_options", "strict")
+
+
+def plan(model: nn.Module, inputs: Any, config: Union["PlanConfig", Dict, str, Path, float, None] = None, *,
+         forward_fn: Optional[Callable] = None, calibration: Optional[Iterable[Any]] = None,
+         loss_fn: Optional[Callable] = None, model_spec: Optional[Dict] = None, analysis: Optional[Analysis] = None,
+         **keywords: Any) -> PruningPlan:
+    """Decide what to remove. The model is not modified (its buffers and modes are put back after tracing).
+
+        prunekit.plan(model, x, PlanConfig.load("plan.yaml"))
+        prunekit.plan(model, x, {"criterion": "taylor", "budget": {"target": "macs", "keep_fraction": 0.5}},
+                      calibration=batches, loss_fn=loss)
+        prunekit.plan(model, x, ratio=0.5, criterion="l1", allocator="uniform")   # keyword form (compatibility)
 
     Args:
         model: any nn.Module.
         inputs: example inputs (tensor, tuple, dict) used to trace the model.
-        ratio: fraction of units removed per group (uniform) or overall (global), in (0, 1).
-        criterion: a registered criterion name (``prunekit ls criteria``).
-        allocator: a registered allocator name (``prunekit ls allocators``).
-        budget: overrides `ratio`: ``Budget(target="macs", keep_fraction=0.5)`` searches the ratio that keeps half
-            the MACs (within 2%).
+        config: a `prunekit.planning.PlanConfig`, its nested dict, or a YAML / JSON file path (see
+            `prunekit.planning.config` for the keys). The whole config is recorded in the plan's provenance.
+        forward_fn: ``forward_fn(model, inputs)`` when the model is not called as ``model(inputs)``.
         calibration: batches for criteria that need activations or gradients; `loss_fn(output, batch)` for grads.
-        allow_inexact: also prune groups whose removal is valid but not equal to masking (LayerNorm'd channels).
-        round_to / max_ratio: constraints applied after the policy; ``round_to="auto"`` rounds kept widths to the
-            channel block of the hardware the model is on (16 on AVX-512 CPUs, 8 elsewhere), which is what makes
-            fewer MACs run faster.
-        ignore: module-name glob patterns left untouched.
-        strict: raise on the first operation the engine does not understand instead of refusing its groups.
+        model_spec: how to rebuild the original model (``{"registry": name}``), saved in the plan.
+        analysis: a previous `prunekit.analyze(model, inputs)` to reuse (not modified).
+        **keywords: the keyword form instead of `config`: ``ratio``, ``criterion``, ``allocator``, ``budget``
+            (a `Budget`), ``allow_inexact``, ``round_to``, ``max_ratio``, ``ignore``, ``criterion_options``,
+            ``allocator_options``, ``strict``; it builds the equivalent `PlanConfig`.
+
+    Returns:
+        a `PruningPlan`.
     """
-    from .allocate import ALLOCATORS
-    from .allocate.budget import allocate_budget
-    from .allocate.hardware import resolve_round_to
-    from .allocate.select import select
-    from .importance.base import create
-    from .importance.collector import collect
+    from .planning import run
 
+    return run(model, inputs, plan_config(config, **keywords), analysis=analysis, calibration=calibration,
+               loss_fn=loss_fn, forward_fn=forward_fn, model_spec=model_spec)
+
+
+def plan_config(config: Union["PlanConfig", Dict, str, Path, float, None] = None, **keywords: Any) -> "PlanConfig":
+    """A `PlanConfig` from a config, a dict, a file path, or the keyword form of `plan` (see there)."""
+    import dataclasses
+
+    from .planning import PlanConfig
+
+    unknown = sorted(set(keywords) - set(_KEYWORDS))
+    if unknown:
+        raise ConfigError(f"prunekit.plan: unknown keyword arguments {unknown}; known: {sorted(_KEYWORDS)} (or pass "
+                          f"a PlanConfig)")
+    if isinstance(config, (int, float)) and not isinstance(config, bool):  # the old positional ratio
+        keywords.setdefault("ratio", float(config))
+        config = None
+    if config is not None:
+        if keywords:
+            raise ConfigError(f"prunekit.plan: pass either a config or keyword options, not both (got "
+                              f"{sorted(keywords)})")
+        if isinstance(config, PlanConfig):
+            return config
+        if isinstance(config, dict):
+            return PlanConfig.from_dict(config)
+        if isinstance(config, (str, Path)):
+            return PlanConfig.load(config)
+        raise ConfigError(f"prunekit.plan: config must be a PlanConfig, a dict or a file path, got "
+                          f"{type(config).__name__}")
+    budget = keywords.get("budget")
     if budget is None:
-        budget = Budget(ratio=ratio, ignore=tuple(ignore))
-    analysis = analysis or analyze(model, inputs, forward_fn=forward_fn, strict=strict)
-    groups = _eligible(analysis.groups, allow_inexact)
-    crit = create(criterion, None, **(criterion_options or {}))
-    stats = None
-    if crit.requires:
-        if calibration is None:
-            if "activations" in crit.requires and not ({"grads", "fisher"} & set(crit.requires)):
-                calibration = [inputs]
-            else:
-                raise ConfigError(f"criterion '{criterion}' needs {sorted(crit.requires)}: pass calibration batches "
-                                  f"(and loss_fn for gradients)")
-        stats = collect(model, calibration, crit.requires, loss_fn=loss_fn, groups=groups, forward_fn=forward_fn)
-    scores = crit.score(model, [g for g in groups if g.prunable], stats)
-    options = dict(allocator_options or {})
-    round_to = resolve_round_to(round_to, model)
-    if round_to is not None:
-        options["round_to"] = round_to
-    if max_ratio is not None:
-        options["max_ratio"] = max_ratio
-    policy = ALLOCATORS.get(allocator)(None, **options)
-    cost = None
-    if budget.target == "macs":
-        cost = _macs_cost(model, groups, scores, inputs, forward_fn)
-    result = allocate_budget(policy, groups, scores, budget, cost=cost, model=model)
-    removed = select(groups, scores, result.allocation)
-    return PruningPlan(
-        model_fingerprint=model_fingerprint(model),
-        removed={k: [int(i) for i in v.tolist()] for k, v in removed.items()},
-        group_sizes={g.id: g.size for g in analysis.groups},
-        inputs=describe_inputs(inputs),
-        model_spec=dict(model_spec or {}),
-        provenance=PruningPlan.provenance_now(criterion=criterion, allocator=allocator, ratio=result.ratio,
-                                              budget=budget.target or "ratio", allow_inexact=allow_inexact,
-                                              round_to=round_to,
-                                              unknown_ops=analysis.unknown_ops[:20]),
-    )
-
-
-def _macs_cost(model, groups, scores, inputs, forward_fn):
-    """MACs after an allocation, without rebuilding the model: every conv / linear layer's MACs (measured once)
-    scale with the kept fraction of its weight's output and input dims; other MACs (attention products) stay."""
-    from .metrics.macs import count_macs
-
-    leaf_macs = _leaf_macs(model, inputs, forward_fn)
-    total = count_macs(model, inputs) if forward_fn is None else sum(leaf_macs.values())
-    rest = max(0, total - sum(leaf_macs.values()))
-    modules = dict(model.named_modules())
-    sizes = {name: tuple(modules[name].weight.shape[:2]) for name in leaf_macs}
-    by_id = {g.id: g for g in groups}
-
-    def cost(allocation) -> float:
-        cut = {}
-        for gid, n in allocation.items():
-            if n <= 0:
-                continue
-            for m in by_id[gid].members:
-                if m.param == "weight" and m.module in sizes and m.dim in (0, 1):
-                    key = (m.module, m.dim)
-                    cut[key] = cut.get(key, 0) + n * m.index_map.shape[1]
-        value = float(rest)
-        for name, macs in leaf_macs.items():
-            out_c, in_c = sizes[name]
-            f0 = 1 - cut.get((name, 0), 0) / out_c
-            f1 = 1 - cut.get((name, 1), 0) / in_c if in_c > 1 else 1.0
-            value += macs * max(f0, 0.0) * max(f1, 0.0)
-        return value
-
-    return cost
-
-
-def _leaf_macs(model, inputs, forward_fn):
-    """MACs of each conv / linear / GPT-2 Conv1D module in one forward."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .graph.trace import call_model
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        call_model(model, inputs, forward_fn)
-    counts = counter.get_flop_counts()
-    out = {}
-    for name, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or type(m).__name__ == "Conv1D":
-            key = name if name else "Global"
-            flops = counts.get(key) or counts.get(f"{type(model).__name__}.{name}") or {}
-            if flops and isinstance(w, torch.Tensor) and w.dim() >= 2:
-                out[name] = int(sum(flops.values())) // 2
-    return out
+        budget = Budget(ratio=keywords.get("ratio", 0.5))
+    elif not isinstance(budget, Budget):
+        raise ConfigError(f"prunekit.plan: budget must be a prunekit.Budget, got {type(budget).__name__}")
+    allocator_options = dict(keywords.get("allocator_options") or {})
+    constraints = {k: allocator_options.pop(k) for k in ("round_to", "max_ratio", "min_keep_channels")
+                   if k in allocator_options}
+    for key in ("round_to", "max_ratio"):
+        if keywords.get(key) is not None:
+            constraints[key] = keywords[key]
+    return PlanConfig.from_dict({
+        "criterion": {"name": keywords.get("criterion", "l1"), **(keywords.get("criterion_options") or {})},
+        "allocator": {"name": keywords.get("allocator", "uniform"), **allocator_options},
+        "budget": dataclasses.asdict(budget), "constraints": constraints,
+        "allow_inexact": bool(keywords.get("allow_inexact", False)), "ignore": list(keywords.get("ignore", ())),
+        "strict": bool(keywords.get("strict", False))})
 
 
 def apply(model: nn.Module, plan: PruningPlan, inputs: Any = None, forward_fn: Optional[Callable] = None,
           inplace: bool = False, verify: bool = True, tolerance: float = 1e-4,
-          analysis: Optional[Analysis] = None) -> nn.Module:
+          analysis: Optional[Analysis] = None, held_out: Any = None, strict: bool = False) -> nn.Module:
     """Physically remove what `plan` says. Checks everything before touching the model; with `verify` (default)
-    compares the result with the masked original on `inputs` and raises, leaving the user's model as it was, if
-    they differ. Returns the pruned model (a copy unless `inplace`)."""
-    from .prune.apply import check_removal, remove_channels
+    compares the result with the masked original on every example in `inputs` (one batch or `prunekit.Examples`)
+    and on `held_out` inputs, and raises if they differ (a copy is dropped; in place, the model is left pruned).
+    Returns the pruned model (a copy unless `inplace`; in place needs no extra memory beyond one module).
+
+    The analysis that made the plan is reused when the plan came from `prunekit.plan` on this same model object;
+    otherwise `analysis`, or a new trace (with `strict`)."""
+    from .prune.apply import apply_removal
     from .prune.hf_config import rewrite_hf_config
 
     plan.check_model(model)
@@ -171,27 +121,23 @@ def apply(model: nn.Module, plan: PruningPlan, inputs: Any = None, forward_fn: O
         if plan.inputs is None:
             raise ConfigError("apply needs example inputs (the plan does not describe any)")
         inputs = make_inputs(plan.inputs)
-    analysis = analysis or analyze(model, inputs, forward_fn=forward_fn)
+    cached = getattr(plan, "_analysis", None)
+    if analysis is None and cached is not None and cached.model_id == id(model):
+        analysis = cached
+    analysis = analysis or analyze(model, inputs, forward_fn=forward_fn, strict=strict)
     sizes = {g.id: g.size for g in analysis.groups}
     for gid, size in plan.group_sizes.items():
         if gid in plan.removed and plan.removed[gid] and sizes.get(gid) != size:
             raise ConfigError(f"group '{gid}' has {sizes.get(gid)} units in this model, the plan expects {size}")
     removed = plan.removed_tensors()
-    check_removal(analysis.groups, removed)
-    target = model if inplace else copy.deepcopy(model)
-    backup = copy.deepcopy(model) if inplace and verify else model
-    remove_channels(target, analysis.groups, removed)
-    rewrite_hf_config(target, rms_eps_factor=_hidden_factor(model, target))
-    if verify:
-        report = verify_pruning(backup, target, analysis.groups, removed, inputs, forward_fn, tolerance)
-        if not report.passed:
-            if inplace:
-                model.load_state_dict(backup.state_dict(), strict=False)
-            raise ConfigError(
-                f"verification failed: pruned outputs differ from the masked original by {report.max_abs_error:.3g} "
-                f"(relative {report.relative_error:.3g} > {tolerance}); the model was not changed. Please report this "
-                f"model: it means an operation was mis-handled")
-        target.prunekit_verification = report
+    emb_width = _embedding_width(model)
+    target = apply_removal(
+        model, analysis.groups, removed, inputs, forward_fn=forward_fn, inplace=inplace, verify=verify,
+        tolerance=tolerance, held_out=held_out, called=analysis.called or None,
+        finish=lambda t: rewrite_hf_config(t, rms_eps_factor=_hidden_factor(emb_width, t)))
+    from .graph.summary import log_summary
+
+    log_summary(analysis.summary(plan.removed), "apply")
     return target
 
 
@@ -202,10 +148,15 @@ def _input_embeddings(model: nn.Module):
         return None
 
 
-def _hidden_factor(before: nn.Module, after: nn.Module) -> float:
-    emb0, emb1 = _input_embeddings(before), _input_embeddings(after)
-    if isinstance(emb0, nn.Embedding) and isinstance(emb1, nn.Embedding):
-        return emb0.embedding_dim / emb1.embedding_dim
+def _embedding_width(model: nn.Module) -> Optional[int]:
+    emb = _input_embeddings(model)
+    return emb.embedding_dim if isinstance(emb, nn.Embedding) else None
+
+
+def _hidden_factor(width_before: Optional[int], after: nn.Module) -> float:
+    emb1 = _input_embeddings(after)
+    if width_before and isinstance(emb1, nn.Embedding):
+        return width_before / emb1.embedding_dim
     return 1.0
 
 
@@ -214,58 +165,15 @@ def verify(original: nn.Module, pruned: nn.Module, plan: PruningPlan, inputs: An
     """Compare a pruned model with the masked original on `inputs` (random ones from the plan if omitted)."""
     inputs = inputs if inputs is not None else make_inputs(plan.inputs, seed=1)
     analysis = analyze(original, inputs, forward_fn=forward_fn)
-    return verify_pruning(original, pruned, analysis.groups, plan.removed_tensors(), inputs, forward_fn, tolerance)
+    return verify_pruning(original, pruned, analysis.groups, plan.removed_tensors(), inputs, forward_fn, tolerance,
+                          called=analysis.called or None)
 
 
-def prune(model: nn.Module, inputs: Any, **plan_options) -> tuple:
-    """plan + apply in one call: returns (pruned model, plan)."""
-    p = plan(model, inputs, **plan_options)
-    return apply(model, p, inputs, forward_fn=plan_options.get("forward_fn")), p
+def prune(model: nn.Module, inputs: Any, config: Any = None, **plan_options) -> tuple:
+    """plan + apply in one call (arguments as for `plan`): returns (pruned model, plan)."""
+    p = plan(model, inputs, config, **plan_options)
+    return apply(model, p, inputs, forward_fn=plan_options.get("forward_fn"),
+                 strict=bool(plan_options.get("strict", False))), p
 
 
-def save(model: nn.Module, plan: PruningPlan, out_dir: str | Path) -> Path:
-    """Write ``model.safetensors`` (weights) and ``plan.json`` into `out_dir`, atomically, with no pickle."""
-    from safetensors.torch import save_model
-
-    from .io import atomic_write
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plan.save(out / "plan.json")
-    atomic_write(out / "model.safetensors", lambda tmp: save_model(model, tmp, metadata={"format": "pt"}))
-    return out
-
-
-def load(out_dir: str | Path, model: Optional[nn.Module] = None, forward_fn: Optional[Callable] = None) -> nn.Module:
-    """Rebuild a pruned model: build (or take) the original architecture, replay the plan, load the weights."""
-    from safetensors.torch import load_model
-
-    out = Path(out_dir)
-    plan = PruningPlan.load(out / "plan.json")
-    if model is None:
-        spec = plan.model_spec
-        if "registry" in spec:
-            from .models import build
-
-            model = build(spec["registry"], pretrained=False, **spec.get("kwargs", {}))
-        elif "factory" in spec:
-            import importlib
-
-            mod, _, fn = spec["factory"].partition(":")
-            model = getattr(importlib.import_module(mod), fn)(**spec.get("kwargs", {}))
-        else:
-            raise ConfigError("the plan does not say how to build the original model; pass model=...")
-    model.eval()
-    pruned = apply(model, plan, forward_fn=forward_fn, inplace=True, verify=False)
-    weights = out / "model.safetensors"
-    if not weights.exists():
-        raise CheckpointError(f"missing weights file {weights}")
-    try:
-        missing, unexpected = load_model(pruned, str(weights), strict=False)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {weights} (corrupted, or not made from this plan): {exc}") \
-            from None
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {weights} does not match the pruned architecture: missing {missing[:8]}, "
-                              f"unexpected {unexpected[:8]}")
-    return pruned
+from .export.checkpoint import load, save  # noqa: E402,F401  (moved to prunekit.export; re-exported)

@@ -21,55 +21,125 @@ def _field_types(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _wrong(key: str, value: Any, annotation: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}': expected {_type_name(annotation)}, got {type(value).__name__} {value!r}")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a parsed value (often a string from the command line) to the field's declared type."""
+    """Convert a parsed value (often a string from the command line) to the field's declared type.
+
+    Raises:
+        ConfigError: naming `key` (the dotted path) when the value cannot be read as the declared type, e.g. a
+            mapping for a number, a number for a section, ``3.5`` for an int.
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union:  # Optional[X]
+    if annotation is Any or annotation is object:
+        return value
+    if origin is typing.Union:  # Optional[X], Union[int, str]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key)
-    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
-        return from_dict(annotation, value)
+            if type(None) in args:
+                return None
+            raise ConfigError(f"config key '{key}' must not be null")
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise _wrong(key, value, annotation)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if hasattr(annotation, "from_mapping"):  # sections with their own reader (e.g. a plugin name + options)
+            return annotation.from_mapping(value, key)
+        if not isinstance(value, dict):
+            names = [f.name for f in dataclasses.fields(annotation)]
+            raise ConfigError(f"config key '{key}' is a section ({annotation.__name__}), not a value: set its keys "
+                              f"instead, e.g. {key}.{names[0] if names else 'key'}=...; got {value!r}")
+        return from_dict(annotation, value, prefix=key)
     if origin in (list, tuple) or annotation in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
-        inner = args[0] if args else str
-        items = [_coerce(v, inner, key) for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(key, value, annotation)
+        inner = args[0] if args else Any  # Tuple[X, ...] and List[X]: every item is an X
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or annotation is tuple else items
     if origin is dict or annotation is dict:
         if isinstance(value, str):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"config key '{key}': expected a mapping (JSON or YAML), got {value!r}") from None
+        if not isinstance(value, dict):
+            raise _wrong(key, value, annotation)
         return dict(value)
-    try:
-        if annotation is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if annotation in (int, float, str):
-            return annotation(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key '{key}': cannot read {value!r} as {annotation.__name__}") from None
+        raise _wrong(key, value, annotation)
+    if annotation is int:
+        if isinstance(value, bool) or isinstance(value, (dict, list, tuple)):
+            raise _wrong(key, value, annotation)
+        if isinstance(value, float) and not value.is_integer():
+            raise _wrong(key, value, annotation)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise _wrong(key, value, annotation) from None
+    if annotation is float:
+        if isinstance(value, (bool, dict, list, tuple)):
+            raise _wrong(key, value, annotation)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise _wrong(key, value, annotation) from None
+    if annotation is str:
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise _wrong(key, value, annotation)
+        return str(value)
     return value
 
 
-def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
-    """Build `cls` from a dict, refusing unknown keys (with the known ones listed)."""
+def from_dict(cls: Type[T], data: Dict[str, Any], prefix: str = "") -> T:
+    """Build `cls` from a dict, refusing unknown keys (with the known ones listed) and wrong types.
+
+    Args:
+        cls: a config dataclass (nested dataclass fields are read from nested mappings).
+        data: the mapping (from YAML / JSON / ``--set``).
+        prefix: dotted path of this section, used in error messages (``"plan.budget"``).
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or the dataclass's own validation; the message
+            names the full dotted key.
+    """
+    where = f"'{prefix}'" if prefix else cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names - {"version"})
     if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(names)}")
+        full = f" (config keys {[f'{prefix}.{k}' for k in unknown]})" if prefix else ""
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}{full}; known keys"
+                          f"{' of ' + prefix if prefix else ''}: {sorted(names)}")
     hints = _field_types(cls)
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items() if k in names}
-    return cls(**kwargs)
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items() if k in names}
+    if not prefix:
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(prefix) else f"{prefix}: {text}") from None
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
@@ -115,8 +185,16 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
             value = raw
         node = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
+        if not all(parts):
+            raise ConfigError(f"override '{item}': empty key part in '{key}'")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                path = ".".join(parts[:depth + 1])
+                raise ConfigError(f"override '{item}': config key '{path}' is a value ({child!r}), not a section, "
+                                  f"so it has no key '{parts[depth + 1]}'")
+            node[part] = child = dict(child)
+            node = child
         node[parts[-1]] = value
     return data
 

@@ -30,3 +30,7 @@ class UnsupportedOperationError(PrunekitError):
 
 class StageSettingsChanged(ConfigError):
     """A recipe's run folder holds a stage made under other settings; the message names each changed key."""
+
+
+class ExportError(UnsupportedOperationError):
+    """An exporter (ONNX, torch.export) refused the model or produced different outputs; the message says which."""

@@ -11,14 +11,28 @@ import torch
 from .errors import CheckpointError
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | Path, directory: bool = False) -> None:
+    """Give `path` the mode a plain ``open()`` / ``mkdir()`` would (``mkstemp`` / ``mkdtemp`` make 0600 / 0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto `path`, so a crash never leaves a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto `path`, so a crash never leaves a half-written file. The file gets
+    the permissions of the user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -18,6 +18,7 @@ class Registry:
 
     def __init__(self, kind: str):
         self.kind = kind
+        self.plural = plural(kind)
         self._entries: Dict[str, Union[str, Any]] = {}
         self._help: Dict[str, str] = {}
 
@@ -42,7 +43,7 @@ class Registry:
             close = difflib.get_close_matches(name, self.names(), n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} '{name}'.{hint} Known {self.plural}: {', '.join(self.names())}"
             )
         entry = self._entries[name]
         if isinstance(entry, str):
@@ -62,6 +63,16 @@ class Registry:
 
     def __iter__(self):
         return iter(self.names())
+
+
+def plural(kind: str) -> str:
+    """The word users type for a registry (``prunekit ls presses``): criterion -> criteria, press -> presses,
+    distill_loss -> distill_losses, model -> models."""
+    if kind == "criterion":
+        return "criteria"
+    if kind.endswith(("s", "x", "sh", "ch")):
+        return kind + "es"
+    return kind + "s"
 
 
 _ALL: Dict[str, Registry] = {}

@@ -51,6 +51,8 @@ class Allocator:
     """Base class of allocation policies; subclasses implement `propose`."""
 
     Config = AllocatorConfig
+    # Whether a budget search may refine this policy's allocation group by group (False keeps it uniform).
+    refinable: bool = True
 
     def __init__(self, config: Any = None, **overrides: Any):
         self.config = build_config(self.Config, config, overrides)
@@ -80,6 +82,11 @@ class Allocator:
     def propose(self, groups: List[ChannelGroup], scores: Optional[Scores], ratio: float) -> Allocation:
         """Raw counts for the eligible `groups` before constraints."""
         raise NotImplementedError
+
+    def prepare(self, groups: Sequence[ChannelGroup], scores: Optional[Scores], cost: Any) -> None:
+        """Called once by a budget search before it allocates, with the budget's cost model
+        (``cost(allocation) -> float``, see `prunekit.planning.cost`). Policies that weigh units by what they
+        cost (params, MACs, measured latency) read it here; the built-in ratio policies ignore it."""
 
     def caps(self, groups: Iterable[ChannelGroup]) -> Dict[str, int]:
         """Most units each group may lose under the configured limits (before rounding)."""
@@ -148,7 +155,7 @@ def apply_constraints(groups: Sequence[ChannelGroup], allocation: Allocation, ma
             keep = -(-(group.size - n) // step) * step
             n = group.size - keep if keep <= group.size else 0
         result[group.id] = max(n, 0)
-    return result
+    return Allocation(result)
 
 
 def rank_remove(groups: Sequence[ChannelGroup], scores: Scores, ratio: float, caps: Dict[str, int],

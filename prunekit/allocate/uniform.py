@@ -30,6 +30,7 @@ class Uniform(Allocator):
     """n_remove = floor(ratio * size) (or round) in every eligible group, then the shared constraints."""
 
     Config = UniformConfig
+    refinable = False  # a budget search keeps every group at the same share (equal head counts per layer)
 
     def propose(self, groups: List[ChannelGroup], scores: Optional[Scores], ratio: float) -> Allocation:
         if self.config.rounding == "floor":

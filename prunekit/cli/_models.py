@@ -51,3 +51,21 @@ def example_inputs_for(spec: str, model: torch.nn.Module, input_shape: Optional[
     if getattr(model, "config", None) is not None and hasattr(model.config, "vocab_size"):
         return torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     raise ConfigError("cannot guess example inputs for this model: pass --input-shape 1,3,224,224 or --tokens 2,16")
+
+
+def is_pruned_folder(spec: str) -> bool:
+    """Whether `spec` names a checkpoint folder written by `prunekit prune` / prunekit.save."""
+    return (Path(spec) / "plan.json").is_file()
+
+
+def load_pruned_folder(spec: str, allow_factory: Optional[str] = None) -> Tuple[torch.nn.Module, Optional[str], Any]:
+    """(pruned model in eval mode, the registry name it was pruned from or None, the plan) of a checkpoint folder.
+
+    The model is rebuilt by `prunekit.load`, which never runs code the folder names (unless `allow_factory`).
+    """
+    from ..export import load, read_plan
+
+    plan, _ = read_plan(spec)
+    model = load(spec, allow_factory=allow_factory).eval()
+    registry = plan.model_spec.get("registry") if isinstance(plan.model_spec, dict) else None
+    return model, registry, plan

@@ -6,7 +6,10 @@ HELP = "measure a model's parameters, MACs, peak memory, eager latency and onnxr
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="registered model name (see `prunekit ls models`)")
+    parser.add_argument("--model", required=True, help="registered model name (see `prunekit ls models`), or a "
+                                                       "pruned checkpoint folder (prunekit prune --out)")
+    parser.add_argument("--allow-factory", default=None, metavar="MODULE:FUNCTION",
+                        help="for a pruned folder whose plan names a model factory: run it (trusted folders only)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the example input")
     parser.add_argument("--seq-len", type=int, default=128, help="sequence length for token models")
     parser.add_argument("--threads", type=int, default=1, help="threads for both latency measurements")
@@ -27,14 +30,14 @@ def measure(model, inputs, threads: int = 1, warmup: int = 3, repeats: int = 10,
     """
     from ..errors import PrunekitError
     from ..metrics.latency import eager_latency, onnxruntime_latency
-    from ..metrics.macs import count_macs
+    from ..metrics.macs import macs_per_example
     from ..metrics.memory import peak_forward_memory
     from ..metrics.params import count_parameters
 
     model.eval()
     report = {
         "params": count_parameters(model),
-        "macs": count_macs(model, inputs),
+        "macs": macs_per_example(model, inputs),  # per example, whatever the batch
         "peak_memory_mib": round(peak_forward_memory(model, inputs).peak_mib, 3),
         "eager_ms": eager_latency(model, inputs, warmup, repeats, threads).median_ms,
     }
@@ -51,9 +54,23 @@ def run(args) -> int:
 
     from ..models import build, example_inputs, info
 
-    info(args.model)  # unknown names raise UnknownNameError listing the known ones
-    model = build(args.model, pretrained=args.pretrained).eval()
-    inputs = example_inputs(args.model, batch=args.batch, seq_len=args.seq_len)
+    from ._models import is_pruned_folder, load_pruned_folder
+
+    name = args.model
+    if is_pruned_folder(args.model):
+        model, name, plan = load_pruned_folder(args.model, args.allow_factory)
+        if name is None:
+            from ..errors import ConfigError
+            from ..prune.plan import make_inputs
+
+            if plan.inputs is None:
+                raise ConfigError(f"prunekit bench: {args.model}/plan.json describes no example inputs")
+            inputs = make_inputs(plan.inputs)  # the shapes the plan was traced with
+    else:
+        info(args.model)  # unknown names raise UnknownNameError listing the known ones
+        model = build(args.model, pretrained=args.pretrained).eval()
+    if name is not None:
+        inputs = example_inputs(name, batch=args.batch, seq_len=args.seq_len)
     report = {"model": args.model, "input_shape": list(inputs.shape), "threads": args.threads,
               **measure(model, inputs, args.threads, args.warmup, args.repeats, onnx=not args.no_onnx)}
     if args.json:
@@ -67,6 +84,6 @@ def run(args) -> int:
     table.add_column("value", justify="right")
     for key, value in report.items():
         text = f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if isinstance(value, float) else str(value)
-        table.add_row(key, text)
+        table.add_row("macs / example" if key == "macs" else key, text)
     Console().print(table)
     return 0

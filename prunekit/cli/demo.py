@@ -28,7 +28,9 @@ class DemoConfig:
     eval_limit: Optional[int] = field(default=None, metadata={"help": "test images used (None: all)"})
     lr: float = field(default=0.05, metadata={"help": "learning rate"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    out: str = field(default="prunekit-demo", metadata={"help": "report folder"})
+    out: Optional[str] = field(default=None, metadata={"help": "output folder (default: $PRUNEKIT_CACHE/demo, "
+                                                               "i.e. ~/.cache/prunekit/demo: never the current "
+                                                               "folder, which may be a repository)"})
 
     def __post_init__(self):
         if not 0.0 < self.keep_macs < 1.0:
@@ -81,6 +83,11 @@ def run_demo(cfg: DemoConfig) -> int:
 
     console = Console()
     started = time.perf_counter()
+    from ..export import check_destination
+    from ..paths import cache_root
+
+    out = cfg.out or str(cache_root() / "demo")
+    check_destination(out)  # refused before the training, not after it
     torch.manual_seed(cfg.seed)
     meta = info(cfg.model)
     model = build(cfg.model, pretrained=True)
@@ -102,6 +109,7 @@ def run_demo(cfg: DemoConfig) -> int:
                          model_spec={"registry": cfg.model})
     pruned = prunekit.apply(model, plan, x, analysis=analysis)
     acc_pruned = evaluate_accuracy(pruned, test_set)
+    classes = int(pruned(x).shape[-1])
     console.print(f"[bold]3. fine-tuning[/] ({cfg.finetune_epochs} epochs)")
     if cfg.finetune_epochs > 0:
         fit(pruned, cfg.finetune_epochs, cfg.lr * (0.5 if cfg.data == "digits" else 1.0))
@@ -109,10 +117,15 @@ def run_demo(cfg: DemoConfig) -> int:
     acc_after = evaluate_accuracy(pruned, test_set)
     report = build_report(model, pruned, example_inputs(cfg.model, batch=32), analysis)
     report.before.accuracy, report.after.accuracy = acc_before, acc_after
-    prunekit.save(pruned, plan, cfg.out)
-    report.write(cfg.out)
+    prunekit.save(pruned, plan, out, extra=report.write)
     report.print(f"prunekit demo: {cfg.model} on {cfg.data}")
     console.print(f"accuracy right after pruning (before fine-tuning): {acc_pruned:.4f}")
-    console.print(f"wrote {cfg.out}/ (model.safetensors, plan.json, report.json, report.md, widths.png) "
+    from ..metrics.sanity import at_chance_message, nothing_removed_message
+
+    for message in (nothing_removed_message(plan), at_chance_message(acc_pruned, classes, "one-shot accuracy"),
+                    at_chance_message(acc_after, classes, "accuracy after fine-tuning")):
+        if message:
+            console.print(f"[bold yellow]warning:[/] {message}")
+    console.print(f"wrote {out}/ (model.safetensors, plan.json, report.json, report.md, widths.png) "
                   f"in {time.perf_counter() - started:.0f} s")
     return 0

@@ -6,7 +6,10 @@ HELP = "evaluate a model on a dataset: accuracy (classifiers), perplexity (causa
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="registered model name (see `prunekit ls models`)")
+    parser.add_argument("--model", required=True, help="registered model name (see `prunekit ls models`), or a "
+                                                       "pruned checkpoint folder (prunekit prune --out)")
+    parser.add_argument("--allow-factory", default=None, metavar="MODULE:FUNCTION",
+                        help="for a pruned folder whose plan names a model factory: run it (trusted folders only)")
     parser.add_argument("--data", required=True, help="registered dataset name (see `prunekit ls datasets`)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--limit", type=int, default=None,
@@ -105,18 +108,28 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..models import build, info
 
-    meta = info(args.model)  # unknown names raise UnknownNameError listing the known ones
+    from ._models import is_pruned_folder, load_pruned_folder
+
+    folder = is_pruned_folder(args.model)
+    name = args.model
+    if folder:
+        model, name, _ = load_pruned_folder(args.model, args.allow_factory)
+        if name is None:
+            raise ConfigError(f"prunekit eval: {args.model} was not pruned from a registry model, so its task and "
+                              f"input normalisation are unknown; evaluate it from Python (prunekit.load)")
+    meta = info(name)  # unknown names raise UnknownNameError listing the known ones
     DATASETS.get(args.data)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if meta.task in ("causal-lm", "encoder"):
         _quiet_transformers()
-    model = build(args.model, pretrained=not args.random_init).eval()
+    if not folder:
+        model = build(args.model, pretrained=not args.random_init).eval()
     if meta.task == "classification":
         result = eval_classifier(model, meta, args.data, args.split, args.limit, args.batch_size)
     elif meta.task == "causal-lm":
-        result = eval_causal_lm(model, args.model, args.data, args.split, args.limit, args.context, args.stride)
+        result = eval_causal_lm(model, name, args.data, args.split, args.limit, args.context, args.stride)
     elif meta.task == "detection":
         result = eval_detector(model, args.data, args.split, args.limit)
     else:

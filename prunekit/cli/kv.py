@@ -1,83 +1,111 @@
-"""`prunekit kv eval`: evaluate a KV-cache press on a causal LM (quality, cache memory, decode speed).
+"""`prunekit kv`: calibrate and evaluate KV-cache presses (ThinK, CSKV) on a causal LM.
 
 Examples::
 
-    prunekit kv eval --model smollm2_135m --method think --set key_ratio=0.4 --task ppl
-    prunekit kv eval --model smollm2_135m --method cskv --set k_density=0.2 --set v_density=0.2 --train-steps 300
-    prunekit kv eval --model smollm2_135m --method cskv --set factors=/path/to/saved --task passkey
+    prunekit kv calibrate --model smollm2_135m --density 0.2 --out cskv80          # CSKV factors, recommended settings
+    prunekit kv eval --model smollm2_135m --method cskv --set factors=cskv80
+    prunekit kv eval --model smollm2_135m --method think --set key_ratio=0.4 --task ppl,retrieval
+    prunekit kv eval --method cskv --calibrate --task memory                       # calibrate on WikiText-2 valid first
 """
 from __future__ import annotations
 
 COMMAND = "kv"
-HELP = "KV-cache compression (ThinK, CSKV): evaluate quality, memory and speed"
-TASKS = ("ppl", "passkey", "memory")
+HELP = "KV-cache compression (ThinK, CSKV): calibrate, then evaluate quality, retrieval, memory and speed"
+TASKS = ("ppl", "retrieval", "memory")
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="kv_action", metavar="ACTION")
-    ev = sub.add_parser("eval", help="evaluate a press: task quality plus cache bytes and decode speed")
+    cal = sub.add_parser("calibrate", help="calibrate CSKV factors (recommended settings) and save them")
+    cal.add_argument("--model", default="smollm2_135m", help="a registered causal LM (default: smollm2_135m)")
+    cal.add_argument("--method", default="cskv", help="press to calibrate (cskv)")
+    cal.add_argument("--density", type=float, default=0.2,
+                     help="latent channels kept, fraction of H_kv*D (0.2: cache about 80%% smaller)")
+    cal.add_argument("--bits", type=int, default=None, choices=(4, 8, 16), help="quantised latents (QAT)")
+    cal.add_argument("--data", default=None, help="calibration text file (default: WikiText-2 valid)")
+    cal.add_argument("--seqs", type=int, default=32, help="calibration windows")
+    cal.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
+    cal.add_argument("--out", required=True, help="folder for factors.safetensors + cskv.json")
+    cal.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    ev = sub.add_parser("eval", help="evaluate a press: quality, retrieval, memory (fixed bytes counted), speed")
     ev.add_argument("--model", default="smollm2_135m", help="a registered causal LM (default: smollm2_135m)")
     ev.add_argument("--method", default="think", help="a registered press (think, cskv) or 'full' (no compression)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="press setting, e.g. key_ratio=0.4, k_density=0.2, bits=4, factors=DIR (repeatable)")
-    ev.add_argument("--task", choices=TASKS, default="ppl", help="quality task (memory: memory and speed only)")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="cskv without factors: calibrate on WikiText-2 valid first (recommended settings)")
+    ev.add_argument("--save-factors", default=None, help="with --calibrate: folder to save the factors into")
+    ev.add_argument("--task", default="ppl,retrieval",
+                    help=f"comma-separated tasks among {', '.join(TASKS)} (memory and decode speed always run)")
     ev.add_argument("--context", type=int, default=512, help="ppl: context tokens compressed per window")
     ev.add_argument("--segment", type=int, default=128, help="ppl: tokens scored per window")
     ev.add_argument("--windows", type=int, default=8, help="ppl: number of windows")
-    ev.add_argument("--passkey-tokens", type=int, default=1024, help="passkey: prompt length in tokens")
-    ev.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="passkey: needle depths (fractions)")
-    ev.add_argument("--trials", type=int, default=2, help="passkey: haystacks per depth")
+    ev.add_argument("--retrieval-tokens", default="2048", help="retrieval: prompt lengths, comma-separated")
+    ev.add_argument("--prompts", type=int, default=12, help="retrieval: prompts per length")
+    ev.add_argument("--needles", type=int, default=3, help="retrieval: needles per prompt (each asked for)")
     ev.add_argument("--memory-tokens", type=int, default=2048, help="context length for memory and speed")
     ev.add_argument("--decode-tokens", type=int, default=16, help="greedy steps timed for decode speed")
-    ev.add_argument("--train-steps", type=int, default=0,
-                    help="cskv: train the factors on WikiText-2 valid for this many steps per layer first")
-    ev.add_argument("--save-factors", default=None, help="cskv: folder to save trained factors into")
-    ev.add_argument("--allocation", default="adaptive", choices=("adaptive", "uniform"),
-                    help="cskv training: ranks spread over layers by the calibration spectra, or the same everywhere")
-    ev.add_argument("--weighting", default="attention", choices=("attention", "uniform"),
-                    help="cskv training: calibration tokens weighted by the attention they receive as latents, or "
-                         "all the same (the paper)")
     ev.add_argument("--no-baseline", action="store_true", help="skip the full-cache reference run")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def build_press(method: str, overrides, model=None, tokenizer=None, train_steps: int = 0, save_to=None,
-                allocation: str = "adaptive", weighting: str = "attention"):
-    """A press from its registry name and ``key=value`` overrides (None for ``full``)."""
+def build_press(method: str, overrides, model=None, tokenizer=None, calibrate: bool = False, save_to=None):
+    """A press from its registry name and ``key=value`` overrides (None for ``full``); ``calibrate`` makes CSKV
+    factors on WikiText-2 valid when none are given."""
     from ..config import apply_overrides, from_dict
     from ..kvcache import PRESSES
 
     if method in ("full", "none"):
         return None
     press = from_dict(PRESSES.get(method), apply_overrides({}, overrides))
-    if train_steps and method == "cskv":
-        from ..kvcache import cskv_train
-        from ..kvcache.evaluate import calibration_ids
+    if calibrate and method == "cskv" and press.factors is None:
+        from ..kvcache.calibrated import calibrate as run_calibration
 
-        calib = calibration_ids(tokenizer, 16, 512, split="valid")
-        press.factors = cskv_train.train(model, calib, press.k_density, press.v_density,
-                                         cskv_train.TrainConfig(steps=train_steps, bits=press.bits,
-                                                                optimizer="als" if press.bits >= 16 else "adam",
-                                                                window=press.window, allocation=allocation,
-                                                                group_size=press.group_size, sink=press.sink,
-                                                                weighting=weighting))
-        if save_to:
-            cskv_train.save(press.factors, save_to)
+        press = run_calibration(model, tokenizer, density=press.k_density, k_density=press.k_density,
+                                v_density=press.v_density, bits=press.bits, save_to=save_to, window=press.window,
+                                sink=press.sink, group_size=press.group_size)
     return press
 
 
-def _quality(args, model, tokenizer, press):
+def _calibrate(args) -> int:
+    from rich.console import Console
+
+    from ..kvcache.calibrated import calibrate
+    from ..models import build
+    from ..models.hf import load_tokenizer
+
+    model = build(args.model, pretrained=True)
+    tokenizer = load_tokenizer(args.model)
+    press = calibrate(model, tokenizer, data=args.data, method=args.method, density=args.density, bits=args.bits,
+                      save_to=args.out, n_seq=args.seqs, seq_len=args.seq_len)
+    layers = press.factors.metadata.get("layers", [])
+    k_err = sum(r["k_after"] for r in layers) / max(len(layers), 1)
+    v_err = sum(r["v_after"] for r in layers) / max(len(layers), 1)
+    Console().print(f"CSKV factors (density {args.density}, bits {press.bits}) saved to {args.out}: mean relative "
+                    f"error K {k_err:.3f}, V {v_err:.3f}; {press.fixed_nbytes() / 2**20:.2f} MB of factors.\n"
+                    f"Use them: prunekit kv eval --method cskv --set factors={args.out}   or   "
+                    f"CSKVPress.from_pretrained({args.out!r})")
+    return 0
+
+
+def _quality(args, model, tokenizer, press) -> dict:
+    from ..errors import ConfigError
     from ..kvcache import evaluate
 
-    if args.task == "ppl":
+    tasks = [t for t in args.task.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ConfigError(f"prunekit kv eval: unknown task(s) {unknown}; choose among {TASKS}")
+    out = {}
+    if "ppl" in tasks:
         ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=(args.context + args.segment) * args.windows * 8)
-        result = evaluate.compressed_perplexity(model, press, ids, args.context, args.segment, args.windows)
-        return "perplexity", result["ppl"]
-    if args.task == "passkey":
-        depths = [float(d) for d in args.depths.split(",") if d]
-        prompts = evaluate.passkey_prompts(tokenizer, args.passkey_tokens, depths, args.trials)
-        return "passkey accuracy", evaluate.passkey_accuracy(model, tokenizer, press, prompts)["accuracy"]
-    return None, None
+        out["ppl"] = evaluate.compressed_perplexity(model, press, ids, args.context, args.segment, args.windows)["ppl"]
+    if "retrieval" in tasks:
+        for n_tokens in [int(t) for t in args.retrieval_tokens.split(",") if t]:
+            prompts = evaluate.retrieval_prompts(tokenizer, n_tokens, args.prompts, args.needles)
+            out[f"retrieval@{n_tokens}"] = evaluate.retrieval_accuracy(model, tokenizer, press, prompts)
+    return out
 
 
 def run(args) -> int:
@@ -86,33 +114,60 @@ def run(args) -> int:
     from rich.table import Table
 
     from ..errors import ConfigError
-    from ..kvcache import evaluate
+    from ..kvcache import evaluate, memory
     from ..models import build
     from ..models.hf import load_tokenizer
 
-    if getattr(args, "kv_action", None) != "eval":
-        raise ConfigError("prunekit kv: give an action, e.g. 'prunekit kv eval --method think --set key_ratio=0.4'")
+    action = getattr(args, "kv_action", None)
+    if action not in ("eval", "calibrate"):
+        raise ConfigError("prunekit kv: give an action: 'prunekit kv calibrate --out DIR' or "
+                          "'prunekit kv eval --method think --set key_ratio=0.4'")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if action == "calibrate":
+        return _calibrate(args)
     model = build(args.model, pretrained=True)
     tokenizer = load_tokenizer(args.model)
-    press = build_press(args.method, args.overrides, model, tokenizer, args.train_steps, args.save_factors,
-                        args.allocation, args.weighting)
+    press = build_press(args.method, args.overrides, model, tokenizer, args.calibrate, args.save_factors)
     runs = ([("full", None)] if not args.no_baseline and press is not None else []) + [(args.method, press)]
-    ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=args.memory_tokens * 8)[None, :args.memory_tokens]
-    table = Table(title=f"prunekit kv eval: {args.model}, task {args.task}")
-    for column in ("method", "settings", "quality", "cache MB", "saving", "decode ms/token"):
+    n = args.memory_tokens
+    ids = evaluate.wikitext_ids(tokenizer, "test", max_chars=n * 8)
+    table = Table(title=f"prunekit kv eval: {args.model}")
+    for column in ("method", "quality", "MB @ fp32 (fixed)", "of full fp32 / fp16", "break-even B=1 / B=8",
+                   "decode ms/token"):
         table.add_column(column)
-    full_bytes = None
+    results, full_bytes = {}, {}
     for name, item in runs:
-        label, value = _quality(args, model, tokenizer, item)
-        memory = evaluate.measure_cache(model, item, ids, args.decode_tokens)
-        full_bytes = memory["bytes"] if item is None else full_bytes
-        saving = "" if full_bytes is None else f"{1 - memory['bytes'] / full_bytes:.1%}"
-        quality = "" if label is None else f"{label} {value:.4g}"
-        settings = "" if item is None else ", ".join(args.overrides)
-        table.add_row(name, settings, quality, f"{memory['bytes'] / 2**20:.2f}", saving,
-                      f"{memory['decode_ms_per_token']:.1f}")
+        quality = _quality(args, model, tokenizer, item)
+        at = {}
+        for length in (n // 2, n):
+            cache = evaluate.new_cache(model)
+            with evaluate.press_context(item, model), torch.no_grad():
+                model(ids[None, :length], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            at[length] = {bits: memory.cache_nbytes_as(cache, bits) for bits in (None, 2)}
+        if item is None:
+            full_bytes = at
+        speed = evaluate.measure_cache(model, item, ids[None, :n], args.decode_tokens)["decode_ms_per_token"]
+        cells = []
+        for key, value in quality.items():
+            if key == "ppl":
+                cells.append(f"ppl {value:.4g}")
+            else:
+                cells.append(f"{key} {value['found']}/{value['needles']}")
+        row = [name, ", ".join(cells)]
+        if full_bytes:
+            fixed = {b: memory.press_fixed_nbytes(item, b) for b in (None, 2)}
+            prof = {b: memory.fit_profile({k: v[b] for k, v in at.items()}, {k: v[b] for k, v in full_bytes.items()},
+                                          fixed[b]) for b in (None, 2)}
+            row += [f"{at[n][None] / 2**20:.2f} ({fixed[None] / 2**20:.2f})",
+                    f"{prof[None].ratio(n):.1%} / {prof[2].ratio(n):.1%}",
+                    f"{prof[None].break_even(1):.0f} / {prof[None].break_even(8):.0f}"]
+        else:
+            row += [f"{at[n][None] / 2**20:.2f}", "", ""]
+        table.add_row(*row, f"{speed:.1f}")
+        results[name] = quality
     Console().print(table)
-    Console().print(f"memory and speed at {ids.shape[1]} context tokens; cache bytes are summed tensor storage")
+    Console().print(f"memory and speed at {n} context tokens, batch 1; bytes are summed tensor storage plus the "
+                    f"press's fixed bytes (CSKV factors); fp16 columns count float tensors at 2 bytes. Retrieval: "
+                    f"needles found (each asked for after the compressed context).")
     return 0

@@ -16,20 +16,20 @@ def run(args) -> int:
     from ..registry import all_registries
 
     registries = all_registries()
-    plural = {"criterion": "criteria"}
-    aliases = {plural.get(name, name + "s"): name for name in registries}
-    aliases.update({"criterions": "criterion"})
+    names = {kind: registry.plural for kind, registry in registries.items()}
+    aliases = {word: kind for kind, word in names.items()}
+    aliases.update({kind: kind for kind in registries})  # the singular works too (ls criterion)
     kinds = sorted(registries)
     if args.kind:
-        kind = aliases.get(args.kind, args.kind)
-        if kind not in registries:
+        kind = aliases.get(args.kind)
+        if kind is None:
             from ..errors import UnknownNameError
 
-            raise UnknownNameError(f"unknown registry '{args.kind}'; known: {', '.join(plural.get(k, k + 's') for k in kinds)}")
+            raise UnknownNameError(f"unknown registry '{args.kind}'; known: {', '.join(names[k] for k in kinds)}")
         kinds = [kind]
     console = Console()
     for kind in kinds:
-        table = Table(title=plural.get(kind, kind + "s"), show_lines=False)
+        table = Table(title=names[kind], show_lines=False)
         table.add_column("name")
         table.add_column("description")
         for name in registries[kind].names():

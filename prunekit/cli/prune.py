@@ -2,44 +2,116 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from ..errors import ConfigError
+from ..planning.config import PlanConfig
 
 COMMAND = "prune"
 HELP = "prune a model (registry name, module:function, or Hugging Face folder) and write checkpoint + plan + report"
 
 
+# Command-line shortcuts folded into the ``plan`` section (`fold_shortcuts`); ``--set plan.<key>=...`` reaches the
+# rest of `prunekit.planning.PlanConfig`.
+SHORTCUTS = ("ratio", "keep_macs", "keep_params", "budget", "runtime", "criterion", "allocator", "data",
+             "calibration_batches", "round_to", "max_ratio", "ignore", "allow_inexact", "strict")
+
+
 @dataclass
 class PruneConfig:
+    """`prunekit prune` settings: the model, its example inputs, the output, and the whole `PlanConfig` (``plan``).
+
+    The flags from ``--ratio`` to ``--strict`` are shortcuts into ``plan`` (``--criterion taylor`` is
+    ``--set plan.criterion.name=taylor``); after reading they are folded into it and left None here.
+    """
+
     model: str = field(default="digits_cnn", metadata={"help": "registry name, module:function, or HF folder"})
-    ratio: float = field(default=0.5, metadata={"help": "fraction of units to remove, in (0, 1)"})
+    ratio: Optional[float] = field(default=None, metadata={"help": "fraction of units to remove, in (0, 1) "
+                                                                   "(plan.budget.ratio, default 0.5)"})
     keep_macs: Optional[float] = field(default=None, metadata={"help": "instead of ratio: keep this MACs fraction"})
     keep_params: Optional[float] = field(default=None, metadata={"help": "instead of ratio: keep this params fraction"})
-    criterion: str = field(default="l1", metadata={"help": "importance criterion (prunekit ls criteria)"})
-    allocator: str = field(default="uniform", metadata={"help": "allocation policy (prunekit ls allocators)"})
+    budget: Optional[str] = field(default=None, metadata={"help": "TARGET:FRACTION kept, TARGET one of macs, params, "
+                                                                  "latency (e.g. latency:0.5); or a ratio"})
+    runtime: Optional[str] = field(default=None, metadata={"help": "runtime a latency budget is measured on: eager, "
+                                                                   "eager-bnfold, onnxruntime, cuda"})
+    criterion: Optional[str] = field(default=None, metadata={"help": "importance criterion (prunekit ls criteria; "
+                                                                     "default l1)"})
+    allocator: Optional[str] = field(default=None, metadata={"help": "allocation policy (prunekit ls allocators; "
+                                                                     "default uniform)"})
+    data: Optional[str] = field(default=None, metadata={"help": "calibration dataset for criteria that need "
+                                                                "activations or gradients (prunekit ls datasets)"})
+    calibration_batches: Optional[int] = field(default=None, metadata={"help": "calibration batches (default 4)"})
     round_to: Optional[str] = field(default=None, metadata={"help": "kept widths are multiples of this; 'auto': the "
                                                                     "hardware's channel block (16 on AVX-512)"})
     max_ratio: Optional[float] = field(default=None, metadata={"help": "remove at most this fraction per group"})
-    ignore: List[str] = field(default_factory=list, metadata={"help": "module name patterns to leave alone"})
-    allow_inexact: bool = field(default=False, metadata={"help": "also prune LayerNorm'd channels (not exact)"})
-    strict: bool = field(default=False, metadata={"help": "fail on operations the engine does not know"})
+    ignore: Optional[List[str]] = field(default=None, metadata={"help": "module name patterns to leave alone"})
+    allow_inexact: Optional[bool] = field(default=None, metadata={"help": "also prune LayerNorm'd channels "
+                                                                          "(not exact)"})
+    strict: Optional[bool] = field(default=None, metadata={"help": "fail on operations the engine does not know"})
     input_shape: Optional[str] = field(default=None, metadata={"help": "example input shape, e.g. 1,3,32,32"})
     tokens: Optional[str] = field(default=None, metadata={"help": "example token batch shape, e.g. 2,16"})
     tolerance: float = field(default=1e-4, metadata={"help": "verification tolerance (relative)"})
     latency: bool = field(default=True, metadata={"help": "measure latency before and after"})
     out: str = field(default="prunekit-out", metadata={"help": "output folder"})
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def __post_init__(self):
-        if not 0.0 < self.ratio < 1.0:
-            raise ConfigError(f"ratio must lie in (0, 1), got {self.ratio}")
-        for name in ("keep_macs", "keep_params"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 < v < 1.0:
-                raise ConfigError(f"{name} must lie in (0, 1), got {v}")
-        from ..allocate.hardware import resolve_round_to
+        given = [k for k in SHORTCUTS if getattr(self, k) is not None]
+        if given:  # built in Python with shortcuts: fold them like the command line does
+            folded = fold_shortcuts({k: getattr(self, k) for k in given}, self.plan.to_dict())
+            for key in given:
+                setattr(self, key, None)
+            self.plan = PlanConfig.from_dict(folded, prefix="plan")
 
-        resolve_round_to(self.round_to)  # raises ConfigError on a bad value
+
+def fold_shortcuts(data: Dict[str, Any], plan: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Move the shortcut keys of `data` into the nested plan mapping; returns the plan mapping.
+
+    Raises:
+        ConfigError: two budgets at once (``ratio`` / ``keep_macs`` / ``keep_params`` / ``budget``), or a
+            malformed ``budget`` string.
+    """
+    plan = dict(plan or {})
+    section = lambda key: dict(plan.get(key) or {})  # noqa: E731
+    budgets = [k for k in ("ratio", "keep_macs", "keep_params", "budget") if data.get(k) is not None]
+    if len(budgets) > 1:
+        raise ConfigError(f"config keys {budgets} are all budgets; give one")
+    budget = section("budget")
+    if budgets:
+        key, value = budgets[0], data[budgets[0]]
+        if key == "budget":
+            text = str(value).strip()
+            target, sep, fraction = text.partition(":")
+            if not sep:
+                target, fraction = None, text
+            try:
+                amount = float(fraction)
+            except ValueError:
+                raise ConfigError(f"config key 'budget': expected TARGET:FRACTION (e.g. latency:0.5, macs:0.5) or "
+                                  f"a ratio, got {value!r}") from None
+            key, value = ("ratio", amount) if target in (None, "ratio") else (target.strip(), amount)
+        if key == "ratio":
+            budget.update(target=None, ratio=value)
+        else:
+            budget.update(target=key.replace("keep_", ""), keep_fraction=value)
+    if data.get("runtime") is not None:
+        budget["runtime"] = data["runtime"]
+    if budget:
+        plan["budget"] = budget
+    for key, where, sub in (("criterion", "criterion", "name"), ("allocator", "allocator", "name"),
+                            ("data", "calibration", "data"), ("calibration_batches", "calibration", "batches"),
+                            ("round_to", "constraints", "round_to"), ("max_ratio", "constraints", "max_ratio")):
+        if data.get(key) is not None:
+            node = section(where) if not isinstance(plan.get(where), str) else {"name": plan[where]}
+            if key in ("criterion", "allocator") and node.get("name") not in (None, data[key]):
+                node = {}  # another plugin: its options do not carry over
+            node[sub] = data[key]
+            plan[where] = node
+    for key in ("ignore", "allow_inexact", "strict"):
+        if data.get(key) is not None:
+            plan[key] = data[key]
+    return plan
 
 
 def add_arguments(parser) -> None:
@@ -48,55 +120,94 @@ def add_arguments(parser) -> None:
     add_config_args(parser, PruneConfig)
 
 
-def run(args) -> int:
-    from ..config import config_from_args
+def config_from_args(args) -> PruneConfig:
+    """The `PruneConfig` of the command line: ``--config`` file, then the flags, then ``--set`` overrides (shortcut
+    keys at any of these levels are folded into ``plan``)."""
+    from ..config import apply_overrides, from_dict, read_config_file
 
-    cfg = config_from_args(PruneConfig, args)
-    return prune_to_folder(cfg)
+    data: Dict[str, Any] = read_config_file(args.config) if getattr(args, "config", None) else {}
+    data = _folded(data)
+    flags = {key[5:]: value for key, value in vars(args).items() if key.startswith("cfg__") and value is not None}
+    data = _folded({**data, **flags})
+    data = _folded(apply_overrides(data, getattr(args, "overrides", [])))
+    return from_dict(PruneConfig, data)
+
+
+def _folded(data: Dict[str, Any]) -> Dict[str, Any]:
+    data = dict(data)
+    shortcuts = {k: data.pop(k) for k in SHORTCUTS if k in data}
+    if shortcuts:
+        plan = data.get("plan") or {}
+        if not isinstance(plan, dict):
+            raise ConfigError(f"config key 'plan' is a section (PlanConfig), not a value; got {plan!r}")
+        data["plan"] = fold_shortcuts(shortcuts, plan)
+    return data
+
+
+def run(args) -> int:
+    return prune_to_folder(config_from_args(args))
 
 
 def prune_to_folder(cfg: PruneConfig) -> int:
     import prunekit
     from rich.console import Console
 
-    from ..graph.types import Budget
+    from ..planning import analyse
     from ..prune.report import build_report
     from ._models import example_inputs_for, resolve_model
 
     console = Console()
+    from ..export import check_destination
+
+    check_destination(cfg.out)  # a bad --out is refused before the work, not after it
+    plan_cfg = cfg.plan
+    plan_cfg.check_calibration(plan_cfg.calibration.data is not None)  # before loading anything
     model, spec = resolve_model(cfg.model)
     inputs = example_inputs_for(cfg.model, model, cfg.input_shape, cfg.tokens)
+    calibration, loss_fn = None, None
+    if plan_cfg.calibration.data is not None and plan_cfg.criterion.requires():
+        from ..planning.calibration import calibration_data
+
+        with console.status(f"reading calibration data ({plan_cfg.calibration.data})"):
+            calibration, loss_fn = calibration_data(cfg.model, plan_cfg.calibration)
     with console.status("tracing the model"):
-        analysis = prunekit.analyze(model, inputs, strict=cfg.strict)
+        analysis = analyse(model, inputs, strict=plan_cfg.strict)
     console.print(f"{len(analysis.groups)} channel groups, {len(analysis.prunable())} prunable")
-    budget = None
-    if cfg.keep_macs is not None:
-        budget = Budget(target="macs", keep_fraction=cfg.keep_macs, ignore=tuple(cfg.ignore))
-    elif cfg.keep_params is not None:
-        budget = Budget(target="params", keep_fraction=cfg.keep_params, ignore=tuple(cfg.ignore))
     with console.status("planning"):
-        plan = prunekit.plan(model, inputs, ratio=cfg.ratio, criterion=cfg.criterion, allocator=cfg.allocator,
-                             budget=budget, allow_inexact=cfg.allow_inexact, round_to=cfg.round_to,
-                             max_ratio=cfg.max_ratio, ignore=cfg.ignore, model_spec=spec, analysis=analysis)
+        plan = prunekit.plan(model, inputs, plan_cfg, model_spec=spec, analysis=analysis, calibration=calibration,
+                             loss_fn=loss_fn)
+    _note_budget_miss(plan, plan_cfg, console)
+    if getattr(plan, "refusal_summary", None) is not None:  # groups pruned / refused by reason (graph.summary)
+        console.print(plan.refusal_summary.text())
     with console.status("removing channels and verifying"):
         pruned = prunekit.apply(model, plan, inputs, analysis=analysis, tolerance=cfg.tolerance)
     report = build_report(model, pruned, inputs, analysis, latency=cfg.latency)
-    prunekit.save(pruned, plan, cfg.out)
-    if "hf_folder" in spec or hasattr(pruned, "save_pretrained"):
-        _save_hf(pruned, cfg.out, console)
-    report.write(cfg.out)
+    prunekit.save(pruned, plan, cfg.out, extra=report.write)  # one atomic folder: checkpoint, hf/, report
     report.print(f"prunekit prune {cfg.model}")
+    _warn_if_nothing_removed(plan, console)
+    if (Path(cfg.out) / "hf").is_dir():
+        console.print(f"Hugging Face folder: {cfg.out}/hf (prunekit.export.load_pretrained; plain from_pretrained "
+                      f"too when the widths are uniform)")
     console.print(f"wrote {cfg.out}/ (model.safetensors, plan.json, report.json, report.md, widths.png)")
     return 0
 
 
-def _save_hf(model, out: str, console) -> None:
-    if getattr(model.config, "prunekit_nonuniform", None):
-        console.print("layers were pruned non-uniformly: the Hugging Face config cannot describe them; "
-                      "reload with prunekit.load")
+def _warn_if_nothing_removed(plan, console) -> None:
+    from ..metrics.sanity import nothing_removed_message
+
+    message = nothing_removed_message(plan)
+    if message:
+        console.print(f"[bold yellow]warning:[/] {message}")
+
+
+def _note_budget_miss(plan, plan_cfg: PlanConfig, console) -> None:
+    """Say so when the budget search ended outside its tolerance (a policy that moves many groups at once)."""
+    prov = plan.provenance
+    cost, target = prov.get("cost"), prov.get("target_cost")
+    if not cost or not target or target != target:  # no target (ratio budget), or NaN
         return
-    try:
-        model.save_pretrained(f"{out}/hf", safe_serialization=True)
-        console.print(f"Hugging Face folder: {out}/hf (loads with from_pretrained)")
-    except Exception as exc:  # saving the HF folder is a convenience; the plan-based checkpoint is authoritative
-        console.print(f"could not write a Hugging Face folder: {exc}")
+    miss = cost / target - 1.0
+    if abs(miss) > plan_cfg.tolerance:
+        console.print(f"[yellow]note:[/] the plan keeps {cost / prov['base_cost']:.3f} of the {prov['budget']} "
+                      f"(target {plan_cfg.budget.keep_fraction}, {miss:+.1%}): the '{plan_cfg.allocator.name}' "
+                      f"allocator moves many groups at once; 'global' or 'cost_rank' get closer")

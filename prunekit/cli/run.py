@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. stage1.epochs=1 (repeatable)")
     parser.add_argument("--out-dir", default=None, help="shortcut for --set out_dir=PATH")
+    parser.add_argument("--model", default=None, help="shortcut for --set task.model=NAME: a registry model, or a "
+                                                      "pruned checkpoint folder (prunekit prune --out) to start from")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -55,7 +57,8 @@ def run(args) -> int:
         console.print(f"[red]{exc}[/red]")
         _list_recipes(console)
         return 2
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else []) + \
+        ([f"task.model={args.model}"] if args.model else [])
     recipe = cls.from_file(args.config, overrides)
     if args.print_config:
         console.print_json(json.dumps(to_dict(recipe.config), default=str))
@@ -68,7 +71,7 @@ def run(args) -> int:
     base = result["original"]
     metric = result["metric"]
     console.print(f"{metric} {result[metric]:.4f}  params {result['params']:,} ({result['params_keep']:.3f} of "
-                  f"{base['params']:,})  MACs {result['macs']:,} ({result['macs_keep']:.3f} of {base['macs']:,})  "
-                  f"latency {result['latency_ms']:.2f} ms")
+                  f"{base['params']:,})  MACs/example {result['macs']:,} ({result['macs_keep']:.3f} of "
+                  f"{base['macs']:,})  latency {result['latency_ms']:.2f} ms")
     console.print(f"model: {result['model_dir']}  result: {recipe.config.out_dir}/result.json")
     return 0

@@ -63,7 +63,8 @@ def _build_groups(state: TraceState) -> List[ChannelGroup]:
             members.append(GroupMember(rec.module, rec.param, rec.dim, index_map, rec.role))
         members = _dedupe(members)
         producers = [m for m in members if m.role == "out"]
-        name = (producers[0] if producers else members[0]).module
+        owner = producers[0] if producers else members[0]
+        name = owner.module or owner.param  # a parameter of the root module used directly: named after itself
         gid = name if name not in used_ids else f"{name}#{used_ids[name] + 1}"
         used_ids[name] = used_ids.get(name, 0) + 1
         reasons, prunable = [], True

@@ -189,6 +189,11 @@ def _split_constraint(uf: UnionFind, lab: torch.Tensor, o0: int, o1: int, outer_
     moved = lab.movedim(tuple(range(o0, o1)), tuple(range(o1 - o0)))
     outer, inner = moved.shape[0], moved.shape[1:]
     block = moved.reshape(outer, -1, *moved.shape[o1 - o0:]).reshape(outer, int(torch.tensor(inner).prod()), -1)
+    if outer_adaptive is not None and not any(o0 <= d < o1 for d in outer_adaptive):
+        # every size of the split is a constant of the code (``view(b, -1, self.n_heads, self.head_dim)``): the
+        # pruned model would split differently (the -1 elsewhere absorbing the change), so nothing here can go
+        uf.pin(lab[lab >= 0], "reshape splits channels into sizes fixed in the code")
+        return
     if outer_adaptive and o0 in outer_adaptive:
         for h in range(outer):  # whole outer slices (heads) are the units
             uf.union_all(block[h].reshape(-1))

@@ -17,7 +17,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedOperationError
-from .labels import CONST, UnionFind, const_labels
+from .labels import UnionFind, const_labels
+from .sizes import wrap_sizes
 
 
 @dataclass
@@ -48,6 +49,12 @@ class TraceState:
     leaf_modules: Dict[str, type] = field(default_factory=dict)
     input_hw: Optional[int] = None
     strict: bool = False
+    ran: set = field(default_factory=set)  # names of modules called, or whose tensors an operation read
+    called: set = field(default_factory=set)  # names of modules whose forward ran
+    # views of parameters (an expert's slice of a 3-D weight, a transposed weight): id -> (tensor, module, name,
+    # the parameter dim behind each view dim)
+    views: Dict[int, Tuple[torch.Tensor, str, str, Tuple[int, ...]]] = field(default_factory=dict)
+    examples: int = 0
 
     # --- labels -------------------------------------------------------------------------------------------
     def get(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,10 +132,16 @@ class _LabelMode(TorchFunctionMode):
         if self.leaf_depth > 0:
             return out
         name = getattr(func, "__name__", str(func))
+        if name in ("size", "__get__", "__len__"):
+            out = wrap_sizes(name, out)  # sizes read from tensors follow them when channels are removed
         rule = self.op_rules.get(name)
         if rule is None and name.endswith("_") and not name.startswith("__"):
             rule = self.op_rules.get(name[:-1])  # in-place variants behave like their out-of-place op
         tensors = _tensors(args) + _tensors(kwargs)
+        for t in tensors:
+            owner = self.state.param_owner.get(id(t))
+            if owner is not None:
+                self.state.ran.add(owner[0])
         if rule is None and name == "__get__":
             rule = self.op_rules.get("__get__")
         if rule is None:
@@ -202,22 +215,31 @@ def call_model(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callabl
     return model(inputs)
 
 
-def run_trace(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable] = None, strict: bool = False) -> TraceState:
-    """Trace `model` on `inputs`; returns the labelled state from which groups are built."""
+def run_trace(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable] = None, strict: bool = False,
+              state: Optional[TraceState] = None) -> TraceState:
+    """Trace `model` on `inputs`; returns the labelled state from which groups are built.
+
+    Passing the `state` of an earlier trace adds this trace to it (several example inputs: the groups become the
+    union of what every trace saw, see `merge_members`).
+    """
     from .layers import find_rule
     from .ops import OP_RULES
 
-    state = TraceState(model=model, strict=strict)
-    for name, module in model.named_modules(remove_duplicate=False):
-        state.module_names.setdefault(id(module), name)
-    for mod_name, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            state.param_owner.setdefault(id(p), (mod_name, pname, True))
-        for bname, b in module.named_buffers(recurse=False):
-            if b is not None:
-                state.param_owner.setdefault(id(b), (mod_name, bname, False))
+    if state is None:
+        state = TraceState(model=model, strict=strict)
+        for name, module in model.named_modules(remove_duplicate=False):
+            state.module_names.setdefault(id(module), name)
+        for mod_name, module in model.named_modules():
+            for pname, p in module.named_parameters(recurse=False):
+                state.param_owner.setdefault(id(p), (mod_name, pname, True))
+            for bname, b in module.named_buffers(recurse=False):
+                if b is not None:
+                    state.param_owner.setdefault(id(b), (mod_name, bname, False))
+    state.labels.clear()  # labels of one trace's activations mean nothing in the next
+    state.views.clear()
+    state.examples += 1
     first = inputs if isinstance(inputs, torch.Tensor) else next(iter(_tensors(inputs)), None)
-    if first is not None and first.dim() == 4:
+    if first is not None and first.dim() == 4 and state.input_hw is None:
         state.input_hw = int(first.shape[-1])
     mode = _LabelMode(state, OP_RULES)
     handles = []
@@ -226,6 +248,8 @@ def run_trace(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable
     def pre_hook(module, args, kwargs):
         name = state.module_names.get(id(module), "?")
         state.stack.append(name)
+        state.ran.add(name)
+        state.called.add(name)
         rule = find_rule(module)
         if rule is not None and mode.leaf_depth == 0:
             state.leaf_modules[name] = type(module)
@@ -257,7 +281,38 @@ def run_trace(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable
     finally:
         for h in handles:
             h.remove()
+        state.stack.clear()
     for t in output_tensors(out):
         state.uf.pin(state.get(t), "it is part of the model's output")
+    state.labels.clear()  # drop references to activations
+    state.views.clear()
     state.output = out
     return state
+
+
+def merge_members(state: TraceState) -> None:
+    """Tie together every record of the same tensor slice (a module called twice, or several traces).
+
+    Position p of ``module.param`` along `dim` is one physical slice whatever call recorded it, so the channel ids
+    recorded for it are coupled; a position that holds a channel in one record and constant content (the model's
+    input, say) in another cannot be removed, so that channel is pinned.
+    """
+    by_key: Dict[Tuple[str, str, int], List[MemberRecord]] = {}
+    for rec in state.members:
+        by_key.setdefault((rec.module, rec.param, rec.dim), []).append(rec)
+    kept: List[MemberRecord] = []
+    for key, recs in by_key.items():
+        first = recs[0]
+        for other in recs[1:]:
+            if other.ids.numel() != first.ids.numel() or other.role != first.role:
+                kept.append(other)
+                continue
+            state.uf.union_pairs(first.ids, other.ids)
+            mixed = (first.ids < 0) != (other.ids < 0)
+            if mixed.any():
+                named = torch.where(first.ids[mixed] >= 0, first.ids[mixed], other.ids[mixed])
+                state.uf.pin(named, f"'{key[0]}.{key[1]}' sees these channels in one call and constant content "
+                                    f"in another")
+                first.ids = torch.where(first.ids >= 0, first.ids, other.ids)
+        kept.append(first)
+    state.members = kept

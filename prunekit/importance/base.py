@@ -92,7 +92,7 @@ class Criterion:
             {group id: float32 CPU tensor [group.size]}, normalised by `config.normalizer`. Groups the criterion
             has no signal for (e.g. BNScale on a group without BatchNorm) are left out; allocators leave them alone.
         """
-        out: Scores = {}
+        out = Scores(criterion=getattr(self, "name", type(self).__name__))
         with torch.no_grad():
             for group in groups:
                 raw = self.score_group(model, group, stats)
@@ -233,4 +233,6 @@ def create(name: str, config: Any = None, **overrides: Any) -> Criterion:
     """Build a registered criterion by name (unknown names raise `UnknownNameError` listing the known ones)."""
     from . import CRITERIA
 
-    return CRITERIA.get(name)(config, **overrides)
+    criterion = CRITERIA.get(name)(config, **overrides)
+    criterion.name = name
+    return criterion

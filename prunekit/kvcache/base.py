@@ -9,7 +9,10 @@ A press is used as a context manager around plain ``model(...)`` / ``model.gener
 Inside the block every attention layer runs through `KVPress.attend`: the first forward into an empty cache layer
 (the *prefill*) computes attention exactly as the model does, then `KVPress.compress` turns the layer's keys and
 values into a `CompressedLayer` that replaces the cache layer; later forwards (decoding, or scoring a continuation)
-append their tokens to that layer and attend over its compact storage.
+append their tokens to that layer and attend over its compact storage. After the block, the filled cache still
+serves transformers' own attention (`CompressedLayer.update` returns full-width keys and values equivalent to the
+compact ones, as temporaries), so a cache compressed inside the block can be decoded outside it, as kvpress's
+text-generation pipeline does; tokens added there are stored uncompressed, and ``cache.crop(n)`` removes them.
 
 Memory is accounted as the summed storage bytes (``untyped_storage().nbytes()``, deduplicated) of every tensor a cache
 holds (`cache_nbytes`), never from a formula.
@@ -93,6 +96,48 @@ class CompressedLayer(hf_compat.CacheLayerBase):
     def attend(self, call: AttentionCall) -> torch.Tensor:  # pragma: no cover - abstract
         """Append the call's tokens and return attention output ``[B, H, T, D]``."""
         raise NotImplementedError
+
+    # -- use outside the press context (transformers' own attention, e.g. kvpress's pipeline decoding) ----------
+    def materialize(self, key: torch.Tensor, value: torch.Tensor):
+        """Append ``key, value [B, H_kv, q, D]`` and return full-width keys and values ``[B, H_kv, L, D]`` that give
+        the same attention as the compressed storage (temporaries: the layer keeps its compact storage)."""
+        raise UnsupportedOperationError(
+            f"prunekit.kvcache: a {type(self).__name__} can only be read inside the press context that filled it "
+            f"(with press(model): ...)")
+
+    def full_kv(self):  # pragma: no cover - abstract
+        """Full-width ``(keys, values)`` equivalent to the stored ones, without appending."""
+        raise NotImplementedError
+
+    def crop_tokens(self, length: int) -> None:
+        """Keep the first `length` tokens (only tokens stored at full width, i.e. added after the prefill, can go)."""
+        raise UnsupportedOperationError(f"prunekit.kvcache: a {type(self).__name__} cannot be cropped")
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        """transformers' attention calls this outside the press context: see `materialize`."""
+        return self.materialize(key_states, value_states)
+
+    def crop(self, max_length: int) -> None:
+        self.crop_tokens(max_length if max_length >= 0 else self.length + max_length)
+
+    # ``layer.keys = layer.keys[:, :, :n]`` (kvpress's pipeline removing an answer) crops to n tokens
+    @property
+    def keys(self):
+        return self.full_kv()[0]
+
+    @keys.setter
+    def keys(self, value) -> None:
+        if value is not None and hasattr(self, "store"):
+            self.crop_tokens(value.shape[-2])
+
+    @property
+    def values(self):
+        return self.full_kv()[1]
+
+    @values.setter
+    def values(self, value) -> None:
+        if value is not None and hasattr(self, "store"):
+            self.crop_tokens(value.shape[-2])
 
 
 class KVPress:
@@ -331,3 +376,40 @@ class SelectedKVLayer(CompressedLayer):
                                   device=out_old.device).scatter_(3, index, out_old)
         out = out_old + probs[..., n_old:] @ s["v_new"]
         return out.view(bsz, heads, q_len, dim)
+
+    def full_kv(self):
+        s = self.store
+        if s["slots"] is not None:
+            raise UnsupportedOperationError(
+                "prunekit.kvcache: a cache with evicted tokens can only be read inside the press context that "
+                "filled it (its slots do not line up with transformers' attention mask)")
+        dim = s["k_new"].shape[-1]
+        old = []
+        for kind in ("k", "v"):
+            stored, index = s[f"{kind}_old"], s[f"{kind}_idx"]
+            if index is None:
+                old.append(stored)
+            else:
+                full = stored.new_zeros(*stored.shape[:3], dim)
+                old.append(full.scatter_(3, index.long()[:, :, None, :].expand(*stored.shape), stored))
+        return torch.cat([old[0], s["k_new"]], dim=2), torch.cat([old[1], s["v_new"]], dim=2)
+
+    def materialize(self, key: torch.Tensor, value: torch.Tensor):
+        s = self.store
+        s["k_new"] = torch.cat([s["k_new"], key], dim=2)
+        s["v_new"] = torch.cat([s["v_new"], value], dim=2)
+        self.length += key.shape[2]
+        return self.full_kv()
+
+    def crop_tokens(self, length: int) -> None:
+        s = self.store
+        drop = self.length - int(length)
+        if drop <= 0:
+            return
+        if drop > s["k_new"].shape[2]:
+            raise UnsupportedOperationError(
+                f"prunekit.kvcache: cannot crop this cache layer of {self.length} tokens to {length}: only the "
+                f"{s['k_new'].shape[2]} tokens kept at full width can be removed")
+        keep = s["k_new"].shape[2] - drop
+        s["k_new"], s["v_new"] = s["k_new"][:, :, :keep].clone(), s["v_new"][:, :, :keep].clone()
+        self.length -= drop

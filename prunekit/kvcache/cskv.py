@@ -8,8 +8,19 @@ recent tokens' original keys and values (the window: ``window`` tokens; with qua
 tokens' originals. At attention time old keys are reconstructed pre-RoPE (``up_K @ c + b_K``) and rotated at their
 own positions; the value up-projection is absorbed into the output side, ``(P @ c_V) @ up_V^T``.
 
-Factors come from an SVD of the weights (``init="svd"``), from `prunekit.kvcache.cskv_train` (ASVD initialisation
-plus layer-wise reconstruction training), or from a folder saved by `prunekit.kvcache.cskv_train.save`.
+Factors come from `prunekit.kvcache.calibrate` (one call: ASVD initialisation plus layer-wise reconstruction
+training with the recommended settings; ``prunekit kv calibrate`` on the command line), from a folder it saved
+(`CSKVPress.from_pretrained`), or from calibration data given to the press (``data=``, calibrated when the context
+opens). A press with none of these refuses to run: an uncalibrated SVD of the weights loses far more (+66%
+perplexity at 50% on SmolLM2) and is available only explicitly, as ``init="svd"``.
+
+Decoding cost: old keys are rebuilt from their latents (``up_K @ c``) and rotated at every step, which RoPE makes
+unavoidable; the rebuild runs in blocks of `KEY_BLOCK` tokens so its temporaries stay in the CPU caches (4x faster
+than one pass on SmolLM2 at 4k tokens). The value up-projection is applied once to the attention-weighted latents
+(``(P @ c_V) @ up_V^T``), never per token. Folding ``up_V`` further into ``o_proj`` would need an
+``[hidden, H * r_V]`` matrix per layer (about 3x the factors' bytes) to save ``H * D * r_V`` multiply-adds per
+step, so it is not done. Float latents grow in `prunekit.kvcache.buffers.TokenBuffer` chunks instead of being
+copied at every step.
 """
 from __future__ import annotations
 
@@ -18,11 +29,27 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedOperationError
 from . import hf_compat
-from .base import CompressedLayer, KVPress
+from .base import CompressedLayer, KVPress, storage_nbytes
+from .buffers import TokenBuffer
 from .hf_compat import AttentionCall
 from .quant import QuantizedTensor, cat_tokens, quantize
+
+
+DEFAULT_DENSITY = 0.2  # the recommended setting: the cache is about 80% smaller
+KEY_BLOCK = 1024  # latent keys rebuilt per block while decoding
+INITS = ("calibrated", "svd")
+
+
+def refusal_message(press: "CSKVPress") -> str:
+    """What to do when a CSKV press has no calibrated factors (the commands that make them)."""
+    return (f"CSKVPress has no calibrated factors. Make them once and reuse them:\n"
+            f"  prunekit kv calibrate --model MODEL --density {press.k_density} --out cskv_factors\n"
+            f"  press = CSKVPress.from_pretrained('cskv_factors')\n"
+            f"or in Python: press = prunekit.kvcache.calibrate(model, tokenizer, density={press.k_density}); or give "
+            f"the press calibration data (CSKVPress(data=token_ids)) to calibrate when its context opens. "
+            f"init='svd' runs an uncalibrated SVD of the weights (much worse: +66% perplexity at 50% on SmolLM2).")
 
 
 def rank_for(density: float, kv_dim: int) -> int:
@@ -135,7 +162,8 @@ class CSKVPress(KVPress):
     NeurIPS 2024 ENLSP workshop, arXiv 2409.10593).
 
     Attributes:
-        k_density / v_density: latent rank as a fraction of ``H_kv * D`` (KV reduction ~ 1 - (k + v) / 2).
+        k_density / v_density: latent rank as a fraction of ``H_kv * D`` (KV reduction ~ 1 - (k + v) / 2); None
+            takes them from the factors, else `DEFAULT_DENSITY`.
         window: recent tokens kept as original keys and values (32 in the paper).
         sink: the first tokens of the prompt kept as original keys and values (0 in the paper; default 4).
             Language models park attention on the first token (the "attention sink"); its key is an outlier that
@@ -144,19 +172,46 @@ class CSKVPress(KVPress):
         bits: 16 keeps latents in the model dtype; 8 or 4 quantise them (keys per channel over blocks of `window`
             tokens, values per token in groups of `group_size` channels).
         group_size: value quantisation group.
-        factors: a `CSKVFactors`, a folder written by `prunekit.kvcache.cskv_train.save`, or None for a plain SVD of
-            the weights (computed when the context opens).
+        factors: a `CSKVFactors` or a folder written by `prunekit.kvcache.calibrate` / `cskv_train.save`.
+        init: ``"calibrated"`` (factors, or `data` to calibrate from, are required) or ``"svd"`` (an explicit,
+            uncalibrated SVD of the weights).
+        exact_ratio: fraction of the prompt's tokens whose original keys and values are kept besides their latents:
+            per sequence, those the last `exact_window` prompt queries attend to most (summed over all heads,
+            pooled over 5 tokens, as SnapKV scores tokens). Retrieval needs the few tokens that hold the answer
+            exactly; a low rank fitted to typical tokens blurs them. Each such token costs about
+            ``2 * H_kv * D / (r_K + r_V)`` latent tokens of memory.
+        exact_window: observation queries that score the tokens for `exact_ratio`.
+        data / tokenizer: calibration data for a press without factors (token ids ``[N, T]``, or text with the
+            tokenizer); calibrated with `prunekit.kvcache.calibrate`'s defaults when the context first opens.
     """
 
-    k_density: float = 0.5
-    v_density: float = 0.5
+    k_density: Optional[float] = None
+    v_density: Optional[float] = None
     window: int = 32
     sink: int = 4
     bits: int = 16
     group_size: int = 32
     factors: Optional[Union[str, CSKVFactors]] = field(default=None, repr=False)
+    init: str = "calibrated"
+    exact_ratio: float = 0.0
+    exact_window: int = 32
+    data: Any = field(default=None, repr=False, compare=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.factors, str):
+            from .cskv_train import load
+
+            self.factors = load(self.factors)
+        meta = self.factors.metadata if isinstance(self.factors, CSKVFactors) else {}
+        for name in ("k_density", "v_density"):
+            if getattr(self, name) is None:
+                setattr(self, name, float(meta.get(name, DEFAULT_DENSITY)))
+        if self.init not in INITS:
+            raise ConfigError(f"CSKVPress.init must be one of {INITS}, got {self.init!r}")
+        if not 0.0 <= self.exact_ratio < 1.0 or self.exact_window < 1:
+            raise ConfigError(f"CSKVPress: exact_ratio must be in [0, 1) and exact_window >= 1, got "
+                              f"{self.exact_ratio} / {self.exact_window}")
         for name in ("k_density", "v_density"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"CSKVPress.{name} must be in (0, 1], got {getattr(self, name)}")
@@ -166,16 +221,42 @@ class CSKVPress(KVPress):
             raise ConfigError(f"CSKVPress.window must be >= 0 (>= 1 with quantisation), got {self.window}")
         if self.sink < 0:
             raise ConfigError(f"CSKVPress.sink must be >= 0, got {self.sink}")
-        if isinstance(self.factors, str):
-            from .cskv_train import load
-
-            self.factors = load(self.factors)
         self._rope_memo = None
+
+    @classmethod
+    def from_pretrained(cls, folder: str, **overrides) -> "CSKVPress":
+        """The press saved by `prunekit.kvcache.calibrate(..., save_to=folder)`: its factors and its settings."""
+        from .cskv_train import load
+
+        factors = load(folder)
+        settings = {k: v for k, v in factors.metadata.get("press", {}).items() if k in cls.__dataclass_fields__}
+        settings.update(overrides)
+        return cls(factors=factors, **settings)
+
+    def settings(self) -> Dict[str, Any]:
+        """The layout settings (what a saved factors folder records besides the factors)."""
+        return {"k_density": self.k_density, "v_density": self.v_density, "window": self.window, "sink": self.sink,
+                "bits": self.bits, "group_size": self.group_size, "exact_ratio": self.exact_ratio,
+                "exact_window": self.exact_window}
+
+    def fixed_nbytes(self) -> int:
+        """Bytes the press keeps alive besides the cache (its factors), whatever the context length or batch."""
+        if self.factors is None:
+            return 0
+        return storage_nbytes(t for layer in self.factors.layers for t in layer.values())
 
     def prepare(self, model: torch.nn.Module) -> None:
         k_rank, v_rank = latent_ranks(model, self.k_density, self.v_density)
-        if self.factors is None:
+        if self.factors is None and self.init == "svd":
             self.factors = CSKVFactors.from_weights(model, k_rank, v_rank)
+        elif self.factors is None and self.data is not None:
+            from .calibrated import calibrate
+
+            self.factors = calibrate(model, self.tokenizer, self.data, k_density=self.k_density,
+                                     v_density=self.v_density, bits=self.bits, window=self.window, sink=self.sink,
+                                     group_size=self.group_size).factors
+        elif self.factors is None:
+            raise ConfigError(refusal_message(self))
         self.factors.check(model)
         # Factors may spread their ranks unevenly over layers and K/V (cskv_train's adaptive allocation), but they
         # must store exactly the latent channels the densities ask for, so the cache saving is the nominal one.
@@ -214,9 +295,29 @@ class CSKVPress(KVPress):
             "pos_offset": None if explicit else offset,
             "pos_lat": positions[:, :0].to(torch.int32) if explicit else None,
         }
-        layer = LatentLayer(length, store, self, factors)
-        layer.flush(length - sink - window_length(length - sink, self.window, self.bits < 16))
+        layer = LatentLayer(length, store, self, factors, call.module, call.rotary)
+        n_flush = length - sink - window_length(length - sink, self.window, self.bits < 16)
+        layer.flush(n_flush)
+        exact = int(round(self.exact_ratio * length))
+        if exact and n_flush > 0:
+            self._keep_exact(call, store, valid, sink, n_flush, min(exact, n_flush))
         return layer
+
+    def _keep_exact(self, call: AttentionCall, store: Dict[str, Any], valid: torch.Tensor, sink: int, n_lat: int,
+                    exact: int) -> None:
+        """Store the original keys/values of the `exact` latent tokens the observation queries attend to most."""
+        import torch.nn.functional as F
+
+        from .base import Observation
+
+        probs = Observation.from_call(call, self.exact_window).probs()  # [B, H, w, T]
+        mass = probs.sum(dim=(1, 2))[:, sink:sink + n_lat]  # [B, n_lat]: attention received, all heads
+        mass = F.avg_pool1d(mass[:, None], 5, stride=1, padding=2, count_include_pad=False)[:, 0]
+        mass = mass.masked_fill(~valid[:, sink:sink + n_lat], float("-inf"))
+        index = mass.topk(exact, dim=-1).indices.sort(dim=-1).values  # [B, e] latent indices
+        slots = (index + sink)[:, None, :, None].expand(call.batch, call.num_kv_heads, exact, call.key.shape[-1])
+        store["k_exact"], store["v_exact"] = call.key.gather(2, slots), call.value.gather(2, slots)
+        store["exact_idx"] = index.to(torch.int32)
 
     def rope_for(self, call: AttentionCall, positions: torch.Tensor, like: torch.Tensor, offset_mode: bool):
         """``(cos, sin)`` for ``positions [B, T]``, memoised across the layers of one forward (offset mode)."""
@@ -241,17 +342,22 @@ class LatentLayer(CompressedLayer):
     or explicit ``pos_lat [B, Tc]``; attention runs over the slots in order: sink, latents, window.
     """
 
-    def __init__(self, length: int, store: Dict[str, Any], press: CSKVPress, factors: Dict[str, torch.Tensor]):
+    def __init__(self, length: int, store: Dict[str, Any], press: CSKVPress, factors: Dict[str, torch.Tensor],
+                 module: torch.nn.Module, rotary: torch.nn.Module):
         super().__init__(length, store)
         self.press = press
         self.factors = factors
+        self.module, self.rotary = module, rotary
+        self.frozen = False  # True once tokens were added outside the press context: no more flushing
 
     @property
     def n_latent(self) -> int:
         k_lat = self.store["k_lat"]
         if k_lat is None:
             return 0
-        return k_lat.tokens if isinstance(k_lat, QuantizedTensor) else k_lat.shape[1]
+        if isinstance(k_lat, QuantizedTensor):
+            return k_lat.tokens
+        return k_lat.length if isinstance(k_lat, TokenBuffer) else k_lat.shape[1]
 
     @property
     def n_sink(self) -> int:
@@ -260,7 +366,7 @@ class LatentLayer(CompressedLayer):
     def _pack(self, latents: torch.Tensor, kind: str):
         press = self.press
         if press.bits >= 16:
-            return latents.clone()
+            return TokenBuffer(latents, dim=1)
         if kind == "k":
             return quantize(latents, press.bits, press.window, axis=-2)
         return quantize(latents, press.bits, press.group_size, axis=-1)
@@ -276,9 +382,10 @@ class LatentLayer(CompressedLayer):
             old = s[f"{kind}_lat"]
             if old is None:
                 s[f"{kind}_lat"] = block
+            elif isinstance(block, QuantizedTensor):
+                s[f"{kind}_lat"] = cat_tokens(old, block)
             else:
-                s[f"{kind}_lat"] = cat_tokens(old, block) if isinstance(block, QuantizedTensor) else torch.cat(
-                    [old, block], dim=1)
+                old.append(block.view())
             s[f"{kind}_lat_win"] = s[f"{kind}_lat_win"][:, n:].clone()
             s[f"{kind}_win"] = s[f"{kind}_win"][:, :, n:].clone()
         block_pos = s["pos_win"][:, :n]
@@ -293,7 +400,80 @@ class LatentLayer(CompressedLayer):
 
     def _latents(self, kind: str, dtype: torch.dtype) -> torch.Tensor:
         value = self.store[f"{kind}_lat"]
-        return value.dequantize(dtype) if isinstance(value, QuantizedTensor) else value
+        if isinstance(value, QuantizedTensor):
+            return value.dequantize(dtype)
+        return value.view() if isinstance(value, TokenBuffer) else value
+
+    def _latent_positions(self, device) -> torch.Tensor:
+        s = self.store
+        if s["pos_offset"] is None:
+            return s["pos_lat"]
+        return torch.arange(self.n_sink, self.n_sink + self.n_latent, device=device)[None, :] - s["pos_offset"][:, None]
+
+    def _rebuild_keys(self, latents: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Post-RoPE keys ``[B, H_kv, n, D]`` of latents ``[B, n, r_K]`` at rotations ``cos, sin [B, n, D]``."""
+        _, k_proj, _, _ = hf_compat.projections(self.module)
+        keys = latents @ self.factors["k_up"].T
+        if k_proj.bias is not None:
+            keys = keys + k_proj.bias
+        bsz, n = latents.shape[:2]
+        keys = keys.view(bsz, n, -1, self.module.head_dim).transpose(1, 2)
+        return hf_compat.apply_rope(self.module, keys, cos, sin)
+
+    def _rebuild_values(self, latents: torch.Tensor) -> torch.Tensor:
+        _, _, v_proj, _ = hf_compat.projections(self.module)
+        values = latents @ self.factors["v_up"].T
+        if v_proj.bias is not None:
+            values = values + v_proj.bias
+        bsz, n = latents.shape[:2]
+        return values.view(bsz, n, -1, self.module.head_dim).transpose(1, 2)
+
+    def full_kv(self):
+        """Sink, rebuilt latent and window keys/values ``[B, H_kv, L, D]`` (temporaries)."""
+        s = self.store
+        keys, values = [s["k_sink"]], [s["v_sink"]]
+        if self.n_latent:
+            dtype = s["k_sink"].dtype
+            positions = self._latent_positions(s["k_sink"].device).long()
+            cos, sin = self.rotary(s["k_sink"], position_ids=positions)
+            lat_k = self._rebuild_keys(self._latents("k", dtype), cos, sin)
+            lat_v = self._rebuild_values(self._latents("v", dtype))
+            if s.get("exact_idx") is not None:
+                where = s["exact_idx"].long()[:, None, :, None].expand(*s["k_exact"].shape)
+                lat_k, lat_v = lat_k.scatter(2, where, s["k_exact"]), lat_v.scatter(2, where, s["v_exact"])
+            keys.append(lat_k)
+            values.append(lat_v)
+        keys.append(s["k_win"])
+        values.append(s["v_win"])
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def materialize(self, key: torch.Tensor, value: torch.Tensor):
+        """Outside the press context the new tokens stay in the full-precision window (their attention inputs, which
+        the latents need, are not available there), and the window stops flushing."""
+        s = self.store
+        self.frozen = True
+        s["k_win"] = torch.cat([s["k_win"], key], dim=2)
+        s["v_win"] = torch.cat([s["v_win"], value], dim=2)
+        self.length += key.shape[2]
+        return self.full_kv()
+
+    def crop_tokens(self, length: int) -> None:
+        s = self.store
+        drop = self.length - int(length)
+        if drop <= 0:
+            return
+        n_win = s["k_win"].shape[2]
+        if drop > n_win:
+            raise UnsupportedOperationError(
+                f"prunekit.kvcache: cannot crop a CSKV cache layer of {self.length} tokens to {length}: only the "
+                f"{n_win} tokens of its full-precision window can be removed")
+        keep = n_win - drop
+        s["k_win"], s["v_win"] = s["k_win"][:, :, :keep].clone(), s["v_win"][:, :, :keep].clone()
+        for name in ("k_lat_win", "v_lat_win", "pos_win"):
+            s[name] = s[name][:, :keep].clone()
+        self.length -= drop
+        if s["k_lat_win"].shape[1] == keep:  # every token added outside the context is gone: flush again
+            self.frozen = False
 
     def attend(self, call: AttentionCall) -> torch.Tensor:
         s, f = self.store, self.factors
@@ -301,24 +481,29 @@ class LatentLayer(CompressedLayer):
         kv_heads, groups = call.num_kv_heads, call.groups
         s["k_win"] = torch.cat([s["k_win"], call.key], dim=2)
         s["v_win"] = torch.cat([s["v_win"], call.value], dim=2)
-        s["k_lat_win"] = torch.cat([s["k_lat_win"], call.hidden @ f["k_down"].T], dim=1)
-        s["v_lat_win"] = torch.cat([s["v_lat_win"], call.hidden @ f["v_down"].T], dim=1)
-        s["pos_win"] = torch.cat([s["pos_win"], call.position_ids.expand(bsz, q_len).to(torch.int32)], dim=1)
+        if not self.frozen:
+            s["k_lat_win"] = torch.cat([s["k_lat_win"], call.hidden @ f["k_down"].T], dim=1)
+            s["v_lat_win"] = torch.cat([s["v_lat_win"], call.hidden @ f["v_down"].T], dim=1)
+            s["pos_win"] = torch.cat([s["pos_win"], call.position_ids.expand(bsz, q_len).to(torch.int32)], dim=1)
         self.length += q_len
         n_sink, n_lat, n_win = self.n_sink, self.n_latent, s["k_win"].shape[2]
         q = call.query.reshape(bsz, kv_heads, groups * q_len, dim)
         parts = [q @ s["k_win"].transpose(2, 3)]
-        _, k_proj, v_proj, _ = hf_compat.projections(call.module)
+        _, _, v_proj, _ = hf_compat.projections(call.module)
         if n_lat:
-            k_hat = self._latents("k", q.dtype) @ f["k_up"].T
-            if k_proj.bias is not None:
-                k_hat = k_hat + k_proj.bias
-            k_hat = k_hat.view(bsz, n_lat, kv_heads, dim).transpose(1, 2)
-            positions = (s["pos_lat"] if s["pos_offset"] is None else
-                         torch.arange(n_sink, n_sink + n_lat, device=q.device)[None, :] - s["pos_offset"][:, None])
+            positions = self._latent_positions(q.device)
             cos, sin = self.press.rope_for(call, positions, q, s["pos_offset"] is not None)
-            k_hat = call.rotate(k_hat, cos, sin)
-            parts.insert(0, q @ k_hat.transpose(2, 3))
+            latents = self._latents("k", q.dtype)
+            lat_logits = q.new_empty(bsz, kv_heads, groups * q_len, n_lat)
+            for start in range(0, n_lat, KEY_BLOCK):  # blockwise: temporaries stay in the CPU caches
+                stop = min(n_lat, start + KEY_BLOCK)
+                keys = self._rebuild_keys(latents[:, start:stop], cos[:, start:stop], sin[:, start:stop])
+                lat_logits[..., start:stop] = q @ keys.transpose(2, 3)
+            exact = s.get("exact_idx")
+            if exact is not None:  # exact tokens: their original keys replace the rebuilt ones
+                lat_logits.scatter_(3, exact.long()[:, None, None, :].expand(bsz, kv_heads, groups * q_len, -1),
+                                    q @ s["k_exact"].transpose(2, 3))
+            parts.insert(0, lat_logits)
         if n_sink:
             parts.insert(0, q @ s["k_sink"].transpose(2, 3))
         logits = torch.cat(parts, dim=-1).view(bsz, kv_heads, groups, q_len, self.length) * call.scaling
@@ -331,9 +516,15 @@ class LatentLayer(CompressedLayer):
             out = out + probs[..., :n_sink] @ s["v_sink"]
         if n_lat:
             p_lat = probs[..., n_sink:n_sink + n_lat]
+            exact = s.get("exact_idx")
+            if exact is not None:  # exact tokens: original values, taken out of the latent path
+                where = exact.long()[:, None, None, :].expand(bsz, kv_heads, groups * q_len, -1)
+                out = out + p_lat.gather(3, where) @ s["v_exact"]
+                p_lat = p_lat.scatter(3, where, 0.0)
             mixed = p_lat @ self._latents("v", q.dtype)[:, None]  # [B, H_kv, G*q, r_V]
             out = out + torch.einsum("bhnr,hdr->bhnd", mixed, f["v_up"].view(kv_heads, dim, -1))
             if v_proj.bias is not None:
                 out = out + p_lat.sum(-1, keepdim=True) * v_proj.bias.view(1, kv_heads, 1, dim)
-        self.flush(n_win - window_length(n_win, self.press.window, self.press.bits < 16))
+        if not self.frozen:
+            self.flush(n_win - window_length(n_win, self.press.window, self.press.bits < 16))
         return out.view(bsz, heads, q_len, dim)

@@ -1,4 +1,4 @@
-"""Evaluation of KV-cache presses: perplexity against a compressed cache, passkey retrieval, memory, decode speed.
+"""Evaluation of KV-cache presses: perplexity against a compressed cache, multi-needle retrieval, memory, speed.
 
 Every function takes ``press``: any object whose call ``press(model)`` is a context manager (prunekit presses, and
 kvpress presses too), or None for the full cache.
@@ -6,10 +6,11 @@ kvpress presses too), or None for the full cache.
 * `compressed_perplexity`: for each window, the preceding context is prefilled (and compressed) into a cache, then the
   segment is scored by one forward over that cache; the segment's own tokens are attended at full width, so only the
   context's compression is measured. With ``press=None`` this is ordinary strided perplexity.
-* `passkey_prompts` / `passkey_accuracy`: a 5-digit number hidden at several depths inside real WikiText-2 text, read
-  back by greedy ``model.generate`` in left-padded batches; exact match.
+* `retrieval_prompts` / `retrieval_accuracy`: several named 5-digit keys hidden at 10 depths in several real texts
+  (WikiText-2 test and valid, Tiny Shakespeare); the context is compressed, then each key is asked for after it
+  (the question itself is not compressed, as in kvpress's pipeline); `prompts_below` compares with the full cache.
 * `measure_cache`: prefill once, count the bytes the cache holds (`prunekit.kvcache.base.cache_nbytes`), then time
-  greedy decoding steps.
+  greedy decoding steps; `decode_speed` times several presses' steps interleaved.
 """
 from __future__ import annotations
 
@@ -26,13 +27,9 @@ from ..paths import data_file
 from .base import cache_nbytes
 from .hf_compat import new_cache
 
-NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
-INTRO = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the pass key.\n")
-QUESTION = "\nWhat is the pass key? The pass key is"
 
-
-def _ctx(press, model):
+def press_context(press, model):
+    """`press(model)` as a context manager, or a null context for the full cache (None)."""
     return press(model) if press is not None else contextlib.nullcontext()
 
 
@@ -72,7 +69,7 @@ def compressed_perplexity(model, press, ids: torch.Tensor, context: int, segment
     for start in range(0, n_windows, batch_size):
         chunk = chunks[start:start + batch_size]
         cache = new_cache(model)
-        with _ctx(press, model):
+        with press_context(press, model):
             model(chunk[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = model(chunk[:, context:context + segment], past_key_values=cache, use_cache=True).logits
         targets = chunk[:, context + 1:context + segment + 1]
@@ -84,68 +81,142 @@ def compressed_perplexity(model, press, ids: torch.Tensor, context: int, segment
     return {"ppl": math.exp(mean), "nll": mean, "tokens": count, "windows": n_windows}
 
 
-def passkey_prompts(tokenizer, n_tokens: int, depths: Sequence[float], trials: int, seed: int = 0,
-                    split: str = "test") -> List[Dict[str, Any]]:
-    """Passkey prompts of about `n_tokens` tokens with the needle at each depth (fraction of the haystack).
+# ------------------------------------------------------------------------------------------ multi-needle retrieval
 
-    The haystack is a contiguous span of real WikiText-2 text (a seeded random start per trial); the needle is
-    inserted at the line break closest to the requested depth.
+HAYSTACKS = ("text/wikitext2_test.txt", "text/tinyshakespeare.txt", "text/wikitext2_valid.txt")
+DEPTHS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))  # 0.05 ... 0.95
+NAMES = ("red door", "blue box", "green gate", "old clock", "silver key", "small boat", "tall tower", "white horse")
+RETRIEVAL_INTRO = ("Several pass keys are hidden inside a lot of irrelevant text. Find them and memorize them. "
+                   "I will quiz you about them.\n")
+RETRIEVAL_NEEDLE = "\nThe pass key of the {name} is {key}. Remember it: the pass key of the {name} is {key}.\n"
+RETRIEVAL_QUESTION = "\nWhat is the pass key of the {name}? The pass key of the {name} is"
+
+
+def retrieval_prompts(tokenizer, n_tokens: int, n_prompts: int = 12, needles: int = 3, seed: int = 0,
+                      haystacks: Sequence[str] = HAYSTACKS, depths: Sequence[float] = DEPTHS) -> List[Dict[str, Any]]:
+    """Multi-needle retrieval prompts of about `n_tokens` tokens.
+
+    Prompt ``p`` takes its haystack from ``haystacks[p % len(haystacks)]`` (a seeded random span of real text) and
+    hides `needles` differently named 5-digit keys in it, at depths that walk through `depths` (prompt ``p``, needle
+    ``j`` sits at ``depths[(p * needles + j) % len(depths)]``, so 12 prompts of 3 needles visit every depth 3-4
+    times). Each needle is asked for separately, after the context (the question is not part of the compressed
+    prompt, as in kvpress's pipeline).
 
     Returns:
-        Dicts with ``ids`` (``[T]``), ``answer`` (the 5-digit key as a string) and ``depth``.
+        Dicts with ``context`` (token ids ``[T]``) and ``questions``: a list of ``{"ids", "answer", "depth", "name"}``.
     """
-    text = data_file(f"text/wikitext2_{split}.txt", "WikiText-2").read_text(encoding="utf-8")
     rng = random.Random(seed)
-    fixed = len(tokenizer(INTRO + NEEDLE.format(key="00000") + QUESTION, add_special_tokens=False)["input_ids"])
-    budget = n_tokens - fixed
+    texts = [data_file(h, "retrieval haystack").read_text(encoding="utf-8") for h in haystacks]
+    needle_len = len(tokenizer(RETRIEVAL_NEEDLE.format(name=NAMES[0], key="00000"),
+                               add_special_tokens=False)["input_ids"])
+    budget = n_tokens - needles * needle_len - len(tokenizer(RETRIEVAL_INTRO, add_special_tokens=False)["input_ids"])
     prompts = []
-    for trial in range(trials):
+    for p in range(n_prompts):
+        text = texts[p % len(texts)]
         start = rng.randrange(0, len(text) - budget * 8)
-        hay = tokenizer(text[start:start + budget * 8], add_special_tokens=False)["input_ids"][:budget]
-        hay_text = tokenizer.decode(hay)
-        for depth in depths:
+        span = tokenizer(text[start:start + budget * 8], add_special_tokens=False)["input_ids"][:budget]
+        hay = tokenizer.decode(span)
+        names = rng.sample(NAMES, needles)
+        spots = sorted(((depths[(p * needles + j) % len(depths)], names[j]) for j in range(needles)))
+        pieces, last, questions = [RETRIEVAL_INTRO], 0, []
+        for depth, name in spots:
+            cut = int(len(hay) * depth)
+            space = hay.rfind(" ", 0, cut)
+            cut = space if space > last else cut
             key = str(rng.randrange(10000, 100000))
-            cut = int(len(hay_text) * depth)
-            nearby = [m.start() for m in re.finditer(r"\n", hay_text)]
-            if nearby:
-                cut = min(nearby, key=lambda p: abs(p - cut))
-            prompt = INTRO + hay_text[:cut] + NEEDLE.format(key=key) + hay_text[cut:] + QUESTION
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            prompts.append({"ids": torch.tensor(ids), "answer": key, "depth": depth, "trial": trial})
+            pieces += [hay[last:cut], RETRIEVAL_NEEDLE.format(name=name, key=key)]
+            last = cut
+            question = tokenizer(RETRIEVAL_QUESTION.format(name=name), add_special_tokens=False)["input_ids"]
+            questions.append({"ids": torch.tensor(question), "answer": key, "depth": depth, "name": name})
+        pieces.append(hay[last:])
+        context = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+        prompts.append({"context": torch.tensor(context), "questions": questions,
+                        "haystack": haystacks[p % len(texts)]})
     return prompts
 
 
 @torch.no_grad()
-def passkey_accuracy(model, tokenizer, press, prompts: List[Dict[str, Any]], batch_size: int = 2,
-                     max_new_tokens: int = 7) -> Dict[str, Any]:
-    """Exact-match accuracy of greedy answers (left-padded batches through ``model.generate``).
+def answer_after_context(model, cache, question: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy answer to ``question [q]`` over a filled `cache`, then the cache is cropped back to the context.
+
+    Runs with whatever attention is active: outside a press context, compressed cache layers serve
+    transformers' attention (`prunekit.kvcache.base.CompressedLayer.materialize`), as in kvpress's pipeline.
+    """
+    context = cache.get_seq_length()
+    logits = model(question[None], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    tokens = [logits[0, -1].argmax()]
+    for _ in range(max_new_tokens - 1):
+        logits = model(tokens[-1].view(1, 1), past_key_values=cache, use_cache=True).logits
+        tokens.append(logits[0, -1].argmax())
+    cache.crop(context)
+    return torch.stack(tokens)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model, tokenizer, press, prompts: List[Dict[str, Any]], max_new_tokens: int = 6,
+                       progress=None) -> Dict[str, Any]:
+    """Prefill each context through `press` (compressing it), then ask every needle's question after it.
 
     Returns:
-        ``{"accuracy", "per_depth": {depth: accuracy}, "answers": [...]}``.
+        ``{"found", "needles", "accuracy", "prompts_solved", "per_prompt": [found per prompt], "per_depth":
+        {depth: accuracy}, "answers": [...]}``.
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    hits: Dict[float, List[bool]] = {}
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        group = prompts[start:start + batch_size]
-        width = max(p["ids"].numel() for p in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(group):
-            ids[row, width - p["ids"].numel():] = p["ids"]
-            mask[row, width - p["ids"].numel():] = 1
-        with _ctx(press, model):
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, past_key_values=new_cache(model))
-        for row, p in enumerate(group):
-            reply = tokenizer.decode(out[row, width:], skip_special_tokens=True)
-            found = re.search(r"\d+", reply)
-            ok = bool(found) and found.group(0) == p["answer"]
-            hits.setdefault(p["depth"], []).append(ok)
-            answers.append({"depth": p["depth"], "answer": p["answer"], "reply": reply.strip(), "ok": ok})
-    flat = [a["ok"] for a in answers]
-    return {"accuracy": sum(flat) / max(len(flat), 1),
-            "per_depth": {d: sum(v) / len(v) for d, v in sorted(hits.items())}, "answers": answers}
+    answers, per_prompt, per_depth = [], [], {}
+    for p in prompts:
+        cache = new_cache(model)
+        with press_context(press, model):
+            model.model(input_ids=p["context"][None], past_key_values=cache, use_cache=True)
+        found = 0
+        for q in p["questions"]:
+            reply = tokenizer.decode(answer_after_context(model, cache, q["ids"], max_new_tokens),
+                                     skip_special_tokens=True)
+            match = re.search(r"\d+", reply)
+            ok = bool(match) and match.group(0) == q["answer"]
+            found += ok
+            per_depth.setdefault(q["depth"], []).append(ok)
+            answers.append({"depth": q["depth"], "answer": q["answer"], "reply": reply.strip(), "ok": ok})
+        per_prompt.append(found)
+        if progress is not None:
+            progress()
+    needles = len(answers)
+    return {"found": sum(per_prompt), "needles": needles, "accuracy": sum(per_prompt) / max(needles, 1),
+            "prompts_solved": sum(f == len(p["questions"]) for f, p in zip(per_prompt, prompts)),
+            "per_prompt": per_prompt, "per_depth": {d: sum(v) / len(v) for d, v in sorted(per_depth.items())},
+            "answers": answers}
+
+
+def prompts_below(result: Dict[str, Any], reference: Dict[str, Any]) -> float:
+    """How many prompts' worth of needles `result` misses against `reference`: the needles the reference finds
+    and this one does not, summed per prompt and divided by the needles per prompt."""
+    per = max(1, reference["needles"] // max(len(reference["per_prompt"]), 1))
+    lost = sum(max(0, r - m) for r, m in zip(reference["per_prompt"], result["per_prompt"]))
+    return lost / per
+
+
+@torch.no_grad()
+def decode_speed(model, presses: Dict[str, Any], ids: torch.Tensor, steps: int = 16) -> Dict[str, float]:
+    """Greedy decoding ms/token of several presses after the same prefill, their steps interleaved (so load on a
+    shared machine hits all of them alike); the median step of each.
+
+    Args:
+        presses: name -> press (None: the full cache). ids: ``[B, T]`` prompt.
+    """
+    state = {}
+    for name, press in presses.items():
+        cache = new_cache(model)
+        with press_context(press, model):
+            logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        state[name] = [cache, logits[:, -1:].argmax(-1), []]
+    for step in range(steps + 1):
+        for name, press in presses.items():
+            cache, token, times = state[name]
+            with press_context(press, model):
+                t0 = time.perf_counter()
+                logits = model(token, past_key_values=cache, use_cache=True).logits
+                if step:  # the first step warms up
+                    times.append(time.perf_counter() - t0)
+            state[name][1] = logits[:, -1:].argmax(-1)
+    return {name: 1000.0 * sorted(times)[len(times) // 2] for name, (_, _, times) in state.items()}
 
 
 @torch.no_grad()
@@ -157,7 +228,7 @@ def measure_cache(model, press, ids: torch.Tensor, decode_tokens: int = 16) -> D
         after one warm-up step; 0 steps skips it).
     """
     cache = new_cache(model)
-    with _ctx(press, model):
+    with press_context(press, model):
         t0 = time.perf_counter()
         logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         prefill = time.perf_counter() - t0

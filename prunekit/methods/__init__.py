@@ -4,5 +4,11 @@ from ..registry import registry
 RECIPES = registry("recipe")
 RECIPES.lazy("gcp", "prunekit.methods.gcp:GCPRecipe",
              "paper 1: dynamic sparse training, group channel pruning, spatial attention distillation")
+RECIPES.lazy("pdp", "prunekit.methods.pdp:PDPRecipe",
+             "paper 4: PDP soft masks (unstructured, N:M, channel); gmp and one-shot baselines on the same hooks")
+RECIPES.lazy("udfc", "prunekit.methods.udfc:UDFCRecipe",
+             "paper 12: data-free pruning + weight quantization, compensated in closed form (no data, no training)")
 RECIPES.lazy("slim-cwd", "prunekit.methods.slim_cwd:SlimCWDRecipe",
              "paper 3: sparsity-aware training, BN-scale pruning (global/uniform), channel-wise distillation")
+RECIPES.lazy("ftwt", "prunekit.methods.ftwt:FTWTRecipe",
+             "paper 9: per-input channel masks from self-supervised predictors (dynamic pruning)")

@@ -130,11 +130,30 @@ def load_stage_model(folder: Path, task: ImageTask) -> nn.Module:
 
 
 def _section_dict(value: Any) -> Any:
+    """A config section as fingerprinted: run-control keys left out, and fields marked
+    ``metadata={"fingerprint": "unless-default"}`` left out while at their default (fields added later then keep
+    the fingerprints of folders made before them)."""
     if dataclasses.is_dataclass(value):
-        return {k: _section_dict(v) for k, v in dataclasses.asdict(value).items() if k not in RUN_CONTROL}
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if f.name in RUN_CONTROL:
+                continue
+            if f.metadata.get("fingerprint") == "unless-default" and v == _default(f):
+                continue
+            out[f.name] = _section_dict(v)
+        return out
     if isinstance(value, dict):
         return {k: _section_dict(v) for k, v in value.items() if k not in RUN_CONTROL}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_section_dict(v) for v in value)
     return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
 @contextlib.contextmanager
@@ -367,47 +386,34 @@ def zero_bn_scales(model: nn.Module, groups, removed: Dict[str, torch.Tensor]) -
 def plan_to_budget(model: nn.Module, inputs: torch.Tensor, analysis, criterion: str, allocator: Any, budget,
                    criterion_options: Optional[Dict] = None, allocator_options: Optional[Dict] = None,
                    model_spec: Optional[Dict] = None, tol: float = 0.005):
-    """`prunekit.plan` for data-free criteria, with a tighter budget tolerance (default 0.5% instead of 2%), so
+    """`prunekit.plan` for data-free criteria with a tighter budget tolerance (default 0.5% instead of 2%), so
     arms compared "at equal MACs" land within 1% of each other.
 
-    Uses the engine's own steps (eligibility, criterion, allocator, MACs cost, budget search, selection).
-    `allocator` is a registry name (built with `allocator_options`) or an `Allocator` instance.
+    Runs the public planning steps (`prunekit.planning`): eligibility, scoring, allocation under the budget,
+    selection. `allocator` is a registry name (built with `allocator_options`) or an `Allocator` instance.
 
     Returns:
-        a `PruningPlan`.
+        a `PruningPlan` (its provenance records the `PlanConfig`; an instance allocator is named by its class).
     """
-    import prunekit
-    from ..allocate import ALLOCATORS
-    from ..allocate.budget import allocate_budget
-    from ..allocate.select import select
-    from ..api import _eligible, _macs_cost
-    from ..importance.base import create
-    from ..prune.plan import PruningPlan, describe_inputs, model_fingerprint
+    from ..planning import PlanConfig, allocate, eligibility, make_plan, scoring, selection
 
-    if budget.target is None and isinstance(allocator, str):
-        return prunekit.plan(model, inputs, criterion=criterion, allocator=allocator, budget=budget,
-                             criterion_options=criterion_options, allocator_options=allocator_options,
-                             analysis=analysis, model_spec=model_spec)
-    groups = _eligible(analysis.groups, False)
-    crit = create(criterion, None, **(criterion_options or {}))
-    if crit.requires:
-        raise ConfigError(f"plan_to_budget: criterion '{criterion}' needs {sorted(crit.requires)}; only data-free "
-                          f"criteria (bn_scale, l1, l2...) are supported here")
-    scores = crit.score(model, [g for g in groups if g.prunable], None)
-    policy = ALLOCATORS.get(allocator)(None, **(allocator_options or {})) if isinstance(allocator, str) else allocator
-    cost = _macs_cost(model, groups, scores, inputs, None) if budget.target == "macs" else None
-    name = allocator if isinstance(allocator, str) else type(allocator).__name__
-    result = allocate_budget(policy, groups, scores, budget, cost=cost, model=model, tol=tol, max_evaluations=80)
-    removed = select(groups, scores, result.allocation)
-    return PruningPlan(
-        model_fingerprint=model_fingerprint(model),
-        removed={k: [int(i) for i in v.tolist()] for k, v in removed.items()},
-        group_sizes={g.id: g.size for g in analysis.groups}, inputs=describe_inputs(inputs),
-        model_spec=dict(model_spec or {}),
-        provenance=PruningPlan.provenance_now(criterion=criterion, allocator=name, ratio=result.ratio,
-                                              budget=budget.target or "ratio", cost=result.cost,
-                                              target_cost=result.target_cost,
-                                              base_cost=result.base_cost, tolerance=tol))
+    options = dict(allocator_options or {}) if isinstance(allocator, str) else {}
+    constraints = {k: options.pop(k) for k in ("round_to", "max_ratio", "min_keep_channels") if k in options}
+    config = PlanConfig.from_dict({"criterion": {"name": criterion, **(criterion_options or {})},
+                                   "allocator": {"name": allocator if isinstance(allocator, str) else "uniform",
+                                                 **options},
+                                   "budget": dataclasses.asdict(budget), "constraints": constraints,
+                                   "tolerance": tol})
+    if config.criterion.requires():
+        raise ConfigError(f"plan_to_budget: criterion '{criterion}' needs {sorted(config.criterion.requires())}; "
+                          f"only data-free criteria (bn_scale, l1, l2...) are supported here")
+    groups = eligibility(analysis, config)
+    scores = scoring(model, groups, config, inputs)
+    policy = None if isinstance(allocator, str) else allocator
+    allocation = allocate(model, groups, scores, config, inputs, policy=policy, max_evaluations=80)
+    removed = selection(groups, scores, allocation)
+    extra = {} if policy is None else {"allocator": type(allocator).__name__}
+    return make_plan(model, analysis, removed, allocation, config, inputs, model_spec, **extra)
 
 
 def prune_with_folding(model: nn.Module, inputs: torch.Tensor, analysis, cfg: PruneStageConfig, criterion: str,

@@ -7,8 +7,9 @@ classifiers and detectors. The pruning stage (stage 2) is each recipe's own.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -103,40 +104,81 @@ class SparseStageConfig(TrainStageConfig):
             raise ConfigError(f"{self.SECTION}: {exc}") from None
 
 
+def _loss_kind(name: str) -> str:
+    """``features`` or ``logits``: what the registered distillation loss `name` compares ("" when unknown)."""
+    from ..train.distill import DISTILL_LOSSES
+
+    return getattr(DISTILL_LOSSES.get(name), "kind", "features") if name in DISTILL_LOSSES else ""
+
+
+def _losses_of_kind(kind: str) -> list:
+    from ..train.distill import DISTILL_LOSSES
+
+    return [n for n in DISTILL_LOSSES.names() if _loss_kind(n) == kind]
+
+
 @dataclass
 class DistillConfig:
     """Stage 3's distillation from the unpruned teacher (section ``stage3.distill``).
 
     Attributes:
-        feature_loss: ``attention`` (spatial attention transfer, paper 1), ``cwd`` (channel-wise distillation,
-            paper 3) or ``none``.
+        feature_loss: a registered feature-map distillation loss (``prunekit ls distill_losses``: ``attention``,
+            spatial attention transfer, paper 1; ``cwd``, channel-wise distillation, paper 3) or ``none``.
+        feature_args: options of that loss's config (``{"betas": [1.0]}`` for attention); checked by name.
         layers: module-name patterns distilled; empty = the last module producing each feature-map scale
             (for the CIFAR ResNets: ``layer1``, ``layer2``, ``layer3``).
         weight: weight of the feature term (attention maps are tiny: paper 1 uses 1e3 to 1e6).
-        tau: CWD temperature.
-        logit_weight: weight of an added logit-KD term (0 = off; paper 1's AT_str=3 adds output KD).
-        temperature: logit-KD temperature.
+        tau: temperature of a feature loss that has one (CWD), unless `feature_args` sets it.
+        logit_loss: the registered logit distillation loss of the logit term.
+        logit_weight: weight of an added logit term (0 = off; paper 1's AT_str=3 adds output KD).
+        temperature: temperature of the logit loss.
         teacher: ``sparse`` (the stage-1 model) or ``original`` (the model as loaded).
     """
 
     SECTION: ClassVar[str] = "stage3.distill"
 
     feature_loss: str = "attention"
+    feature_args: Dict[str, Any] = field(default_factory=dict, metadata={"fingerprint": "unless-default"})
     layers: Tuple[str, ...] = ()
     weight: float = 1000.0
     tau: float = 1.0
+    logit_loss: str = field(default="logit_kd", metadata={"fingerprint": "unless-default"})
     logit_weight: float = 0.0
     temperature: float = 4.0
     teacher: str = "sparse"
 
     def __post_init__(self):
         s = self.SECTION
-        need(self.feature_loss in ("attention", "cwd", "none"), s,
-             f"feature_loss must be 'attention', 'cwd' or 'none', got {self.feature_loss!r}")
+        need(self.feature_loss == "none" or _loss_kind(self.feature_loss) == "features", s,
+             f"feature_loss must be 'none' or a registered loss comparing feature maps "
+             f"({', '.join(_losses_of_kind('features'))}), got {self.feature_loss!r}")
+        need(_loss_kind(self.logit_loss) == "logits", s, f"logit_loss must be a registered loss comparing logits "
+             f"({', '.join(_losses_of_kind('logits'))}), got {self.logit_loss!r}")
         need(self.weight >= 0 and self.logit_weight >= 0, s, "weight and logit_weight must be >= 0")
         need(self.tau > 0 and self.temperature > 0, s, "tau and temperature must be > 0")
         need(self.teacher in ("sparse", "original"), s, f"teacher must be 'sparse' or 'original', got {self.teacher!r}")
         self.layers = tuple(self.layers)
+        if self.feature_loss != "none":
+            self.feature_loss_args()  # checks feature_args against the loss's own options
+
+    def feature_loss_args(self) -> Dict[str, Any]:
+        """Options of the feature loss: `feature_args`, plus `tau` when the loss has such an option."""
+        from ..config import from_dict
+        from ..train.distill import DISTILL_LOSSES
+
+        options = {f.name for f in dataclasses.fields(DISTILL_LOSSES.get(self.feature_loss).Config)}
+        args = dict(self.feature_args)
+        if "tau" in options:
+            args.setdefault("tau", self.tau)
+        from_dict(DISTILL_LOSSES.get(self.feature_loss).Config, args, prefix=f"{self.SECTION}.feature_args")
+        return args
+
+    def logit_loss_args(self) -> Dict[str, Any]:
+        """Options of the logit loss: `temperature` when the loss has such an option."""
+        from ..train.distill import DISTILL_LOSSES
+
+        options = {f.name for f in dataclasses.fields(DISTILL_LOSSES.get(self.logit_loss).Config)}
+        return {"temperature": self.temperature} if "temperature" in options else {}
 
     @property
     def active(self) -> bool:
@@ -213,10 +255,10 @@ def build_distiller(teacher: nn.Module, student: nn.Module, inputs: torch.Tensor
     if cfg.feature_loss != "none" and cfg.weight > 0:
         if not layers:
             raise ConfigError(f"{cfg.SECTION}: no layer to distil (the model produces no spatial feature map)")
-        args = {"betas": (1.0,)} if cfg.feature_loss == "attention" else {"tau": cfg.tau}
-        terms.append(DistillTerm(loss=cfg.feature_loss, loss_args=args, student=tuple(layers), weight=cfg.weight))
+        terms.append(DistillTerm(loss=cfg.feature_loss, loss_args=cfg.feature_loss_args(), student=tuple(layers),
+                                 weight=cfg.weight))
     if cfg.logit_weight > 0:
-        terms.append(DistillTerm(loss="logit_kd", loss_args={"temperature": cfg.temperature}, weight=cfg.logit_weight))
+        terms.append(DistillTerm(loss=cfg.logit_loss, loss_args=cfg.logit_loss_args(), weight=cfg.logit_weight))
     return Distiller(teacher, terms), layers
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..export.model_spec import pruned_folder_origin
 
 #: Config keys that steer a run without changing its result (left out of stage fingerprints).
 RUN_CONTROL = frozenset({"max_steps", "checkpoint_every", "checkpoint_unit", "progress", "device", "num_threads",
@@ -96,6 +97,17 @@ class TaskConfig:
              "model_args and dataset_args must be mappings")
 
 
+def registry_name(model: str) -> str:
+    """`task.model` as a registry name: itself, or for a pruned checkpoint folder the model it was pruned from."""
+    return pruned_folder_origin(model) or model
+
+
+def _load_pruned(folder: str) -> nn.Module:
+    import prunekit
+
+    return prunekit.load(folder).eval()
+
+
 def weights_file(path: str) -> Path:
     """`path` as a `Path`, or a `ConfigError` naming ``task.weights`` when there is no such file."""
     file = Path(path)
@@ -146,7 +158,7 @@ class ImageTask:
         from ..models import info
 
         self.cfg, self.seed = cfg, seed
-        meta = info(cfg.model)
+        meta = info(registry_name(cfg.model))
         if meta.input_shape is None or meta.task != self.kind:
             raise ConfigError(f"task: model '{cfg.model}' is a {meta.task} model; {type(self).__name__} needs an "
                               f"image {self.kind} model")
@@ -166,6 +178,8 @@ class ImageTask:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no pretrained weights" warnings do not apply to a bare architecture
+            if pruned_folder_origin(self.cfg.model):  # a pruned folder: its architecture (weights come later)
+                return _load_pruned(self.cfg.model)
             return build(self.cfg.model, pretrained=False, **self.cfg.model_args).eval()
 
     def build(self) -> nn.Module:
@@ -173,6 +187,8 @@ class ImageTask:
         from ..models import build
 
         if self.cfg.weights is None:
+            if pruned_folder_origin(self.cfg.model):
+                return _load_pruned(self.cfg.model)
             return build(self.cfg.model, pretrained=self.cfg.pretrained, **self.cfg.model_args).eval()
         from ..io import load_state_dict_strict, load_tensors
 
@@ -220,6 +236,8 @@ class ImageTask:
 
     def model_spec(self) -> Dict[str, Any]:
         """How `prunekit.load` rebuilds the unpruned architecture (stored in the pruning plan)."""
+        if pruned_folder_origin(self.cfg.model):  # started from a pruned folder: replay onto it
+            return {"checkpoint": str(Path(self.cfg.model).resolve())}
         spec: Dict[str, Any] = {"registry": self.cfg.model}
         if self.cfg.model_args:
             spec["kwargs"] = dict(self.cfg.model_args)
@@ -389,7 +407,7 @@ def make_task(cfg: TaskConfig, seed: int = 0) -> ImageTask:
     """The task for `cfg.model`'s kind (the registry's ``ModelInfo.task``); refuses kinds the recipes cannot run."""
     from ..models import info
 
-    kind = info(cfg.model).task
+    kind = info(registry_name(cfg.model)).task
     if kind not in TASKS:
         raise ConfigError(f"task: model '{cfg.model}' is a {kind} model; the recipes run on "
                           f"{' or '.join(sorted(TASKS))} models")

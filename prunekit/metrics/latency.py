@@ -86,43 +86,11 @@ def eager_latency(model: torch.nn.Module, inputs: Inputs, warmup: int = 3, repea
     return _result("eager-cuda" if cuda else "eager", times, warmup, threads)
 
 
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Silence the exporters' progress prints, warnings and log lines (restored afterwards)."""
-    import io
-    import logging
-    import warnings
-
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def export_onnx(model: torch.nn.Module, inputs: Inputs, path: str | Path, opset: int = 18) -> str:
-    """Export with ``torch.onnx.export``: the dynamo exporter first, the TorchScript one (``dynamo=False``) if it fails.
+    """`prunekit.export.onnx.export_onnx` (kept here for the latency code that imports it from this module)."""
+    from ..export.onnx import export_onnx as _export
 
-    Returns:
-        ``"dynamo"`` or ``"torchscript"``: the exporter that succeeded.
-    """
-    args = tuple(t.detach().cpu() for t in _as_tuple(inputs))
-    names = [f"input_{i}" for i in range(len(args))]
-    errors = []
-    for dynamo in (True, False):
-        try:
-            with _quiet_export():
-                torch.onnx.export(model, args, str(path), input_names=names, opset_version=opset, dynamo=dynamo,
-                                  verbose=False)
-            return "dynamo" if dynamo else "torchscript"
-        except Exception as exc:  # noqa: BLE001 - every exporter failure leads to the fallback, then a clear error
-            errors.append(f"dynamo={dynamo}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    raise UnsupportedOperationError(f"prunekit.metrics.latency: torch.onnx.export failed for "
-                                    f"{type(model).__name__}: " + "; ".join(errors))
+    return _export(model, inputs, path, opset=opset)
 
 
 def onnxruntime_latency(model: torch.nn.Module, inputs: Inputs, warmup: int = 3, repeats: int = 10,

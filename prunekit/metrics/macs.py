@@ -32,6 +32,33 @@ def count_macs(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> int:
     return int(counter.get_total_flops()) // 2
 
 
+def batch_size_of(inputs: Any) -> int:
+    """The leading dimension of the first tensor in `inputs` (a tensor, tuple or dict); 1 when there is none."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 1
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim():
+            return int(v.shape[0])
+    return 1
+
+
+def macs_per_example(model: torch.nn.Module, inputs: Any) -> int:
+    """MACs of one forward divided by the batch size: the figure every report shows, whatever batch measured it.
+
+    Args:
+        inputs: a tensor ``[B, ...]`` (passed positionally), a tuple of positional tensors, or a dict of keyword
+            tensors; B is the first tensor's leading dimension.
+    """
+    if isinstance(inputs, dict):
+        total = count_macs(model, **inputs)
+    elif isinstance(inputs, (tuple, list)):
+        total = count_macs(model, *inputs)
+    else:
+        total = count_macs(model, inputs)
+    return total // max(1, batch_size_of(inputs))
+
+
 def macs_by_module(model: torch.nn.Module, *inputs: Any) -> Dict[str, int]:
     """MACs of one forward per module (FlopCounterMode's hierarchy; parents include their children)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -47,8 +47,11 @@ def _declare(name: str, target: str, info: ModelInfo, help: str) -> None:
 
 
 def build(name: str, pretrained: bool = True, **kwargs) -> torch.nn.Module:
-    """Build a registered model; `pretrained` loads the real weights where the model has them."""
-    return MODELS.get(name)(pretrained=pretrained, **kwargs)
+    """Build a registered model; `pretrained` loads the real weights where the model has them. The model remembers
+    its registry name, so a checkpoint of it pruned records how to rebuild it (`prunekit.load` needs no factory)."""
+    from ..export.model_spec import tag_registry_model
+
+    return tag_registry_model(MODELS.get(name)(pretrained=pretrained, **kwargs), name, kwargs)
 
 
 def info(name: str) -> ModelInfo:
@@ -80,6 +83,10 @@ _declare("cifar_mobilenetv2", "prunekit.models.cifar_mobilenetv2:mobilenetv2", _
 _declare("cifar_shufflenetv2", "prunekit.models.cifar_shufflenetv2:shufflenetv2", _cls(),
          "ShuffleNetV2-style network (channel split + channel shuffle)")
 _declare("cifar_vit", "prunekit.models.cifar_vit:vit", _cls(), "small CIFAR-10 ViT (patch 4, 6 layers, dim 128)")
+for _depth in (20, 56):
+    _declare(f"cifar_resnet{_depth}_multihead", f"prunekit.models.cifar_multihead:resnet{_depth}_multihead",
+             _cls(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+             f"CIFAR ResNet-{_depth} trunk with two heads (10 classes, vehicle vs animal); train with train_joint")
 _declare("digits_cnn", "prunekit.models.digits_cnn:digits_cnn",
          ModelInfo("classification", (1, 8, 8), "digits", (0.0,), (1.0,)), "small CNN for 8x8 scikit-learn digits")
 _declare("yolov8n", "prunekit.models.yolov8:yolov8n", ModelInfo("detection", (3, 640, 640), "coco8"),

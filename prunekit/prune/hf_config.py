@@ -14,18 +14,27 @@ def _uniform(values: List[int]):
     return values[0] if values and all(v == values[0] for v in values) else None
 
 
+def input_embeddings(model: nn.Module):
+    """The model's input embedding module, or None (vision models in transformers raise instead of returning)."""
+    try:
+        return model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str, object]:
     """Update hidden size, head counts, head_dim and intermediate size of ``model.config``; returns the changes."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return {}
+    from ..export.model_spec import remember_hf_config
     from ..graph.layers.attention import _head_dim, _qkv
+
+    remember_hf_config(model)  # the config before this rewrite: what prunekit.load rebuilds the original from
 
     changes: Dict[str, object] = {}
     nonuniform: List[str] = []
-    from ..api import _input_embeddings
-
-    emb = _input_embeddings(model)
+    emb = input_embeddings(model)
     if isinstance(emb, nn.Embedding) and hasattr(config, "hidden_size") and emb.embedding_dim != config.hidden_size:
         changes["hidden_size"] = emb.embedding_dim
     heads, kv_heads, dims = [], [], []
@@ -63,16 +72,41 @@ def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str
         dense = getattr(getattr(m, "intermediate", None), "dense", None)
         if isinstance(dense, nn.Linear):
             inter.append(dense.out_features)
-    if inter and hasattr(config, "intermediate_size"):
+        fc = getattr(m, "c_fc", None)  # GPT-2 MLP: Conv1D layers, width in `nf`
+        if type(fc).__name__ == "Conv1D" and hasattr(m, "c_proj"):
+            inter.append(fc.nf)
+    inter_field = "intermediate_size" if hasattr(config, "intermediate_size") else \
+        "n_inner" if hasattr(config, "n_inner") else None
+    if inter and inter_field:
         v = _uniform(inter)
         if v is None:
-            nonuniform.append("intermediate_size")
-        elif v != config.intermediate_size:
-            changes["intermediate_size"] = v
+            nonuniform.append(inter_field)
+        elif v != getattr(config, inter_field):
+            changes[inter_field] = v
     if rms_eps_factor != 1.0 and isinstance(getattr(config, "rms_norm_eps", None), float):
         changes["rms_norm_eps"] = config.rms_norm_eps * rms_eps_factor
     for k, v in changes.items():
         setattr(config, k, v)
+    nonuniform += [f"shape of {name}" for name in _shapes_config_cannot_describe(model)[:3]]
     if nonuniform:
         config.prunekit_nonuniform = nonuniform
+    elif hasattr(config, "prunekit_nonuniform"):
+        del config.prunekit_nonuniform
     return changes
+
+
+def _shapes_config_cannot_describe(model: nn.Module) -> List[str]:
+    """Parameters whose shape differs in the model `type(model)(model.config)` builds (on the meta device, so
+    nothing is allocated): where the config cannot say what pruning did (GPT-2 ties head count to hidden size),
+    ``from_pretrained`` would fail and the folder needs `prunekit.export.load_pretrained`."""
+    import copy
+
+    import torch
+
+    try:
+        with torch.device("meta"):
+            rebuilt = type(model)(copy.deepcopy(model.config))
+    except Exception:  # noqa: BLE001 - the config does not even build: nothing it describes can be trusted
+        return ["<config>"]
+    own = dict(model.named_parameters())
+    return [n for n, p in rebuilt.named_parameters() if n in own and tuple(p.shape) != tuple(own[n].shape)]

@@ -34,7 +34,7 @@ class PruneReport:
 
         rows = [("params", f"{b.params:,}", f"{a.params:,}", ratio(b.params, a.params))]
         if b.macs is not None:
-            rows.append(("MACs", f"{b.macs:,}", f"{a.macs:,}", ratio(b.macs, a.macs)))
+            rows.append(("MACs / example", f"{b.macs:,}", f"{a.macs:,}", ratio(b.macs, a.macs)))
         if b.latency_ms is not None:
             rows.append(("latency (ms)", f"{b.latency_ms:.2f}", f"{a.latency_ms:.2f}", ratio(b.latency_ms, a.latency_ms)))
         if b.accuracy is not None:
@@ -75,12 +75,12 @@ class PruneReport:
 
 
 def measure(model: nn.Module, inputs: Any, latency: bool = True, threads: int = 1) -> Measure:
-    from ..metrics.macs import count_macs
+    from ..metrics.macs import macs_per_example
     from ..metrics.params import count_parameters
 
     model.eval()
-    try:
-        macs = int(count_macs(model, inputs)) if isinstance(inputs, torch.Tensor) else None
+    try:  # per example, whatever batch the inputs have
+        macs = int(macs_per_example(model, inputs)) if isinstance(inputs, torch.Tensor) else None
     except Exception:
         macs = None
     lat = None

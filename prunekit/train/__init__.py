@@ -7,6 +7,7 @@ _EXPORTS = {
     "BNL1": "regularizers.bn_l1", "BNL1Config": "regularizers.bn_l1",
     "GroupLasso": "regularizers.group_lasso", "GroupLassoConfig": "regularizers.group_lasso",
     "Distiller": "distill.taps", "DistillTerm": "distill.taps", "FeatureTaps": "distill.taps",
+    "PDPSparsifier": "pdp.pdp", "PDPConfig": "pdp.config", "GMPSparsifier": "pdp.gmp", "MaskSet": "pdp.artifact",
 }
 
 

@@ -133,6 +133,7 @@ class TrainHook(Protocol):
     - ``extra_loss(model, batch, outputs, step) -> Tensor | None``: added to the task loss (distillation).
     - ``after_backward(model, step, epoch)``: edit gradients before the optimizer step (sparsity subgradients).
     - ``on_epoch_end(model, epoch, metrics: dict)``: after evaluation; may add entries to `metrics`.
+    - ``progress_text() -> str``: a short note appended to the progress bar (a sparsifier's current sparsity).
     - ``state_dict() -> Dict[str, Tensor]`` / ``load_state_dict(d)``: tensors saved in checkpoints.
 
     `model` is always the unwrapped module (never the DDP wrapper), so module names match.
@@ -356,7 +357,8 @@ def _run(model, dataset, cfg: TrainConfig, loss_fn, eval_fn, hooks: List[Any], e
                 if st["step"] % cfg.log_every == 0:
                     st["losses"].append([st["step"], value])
                     log.info("step %d loss %.4f lr %.4g", st["step"], value, lr)
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {value:.4f}")
+                notes = "".join(f" {t}" for h in hooks if (t := _call(h, "progress_text")))
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {value:.4f}{notes}")
                 if (cfg.checkpoint_dir and cfg.checkpoint_unit == "step" and cfg.checkpoint_every
                         and st["step"] % cfg.checkpoint_every == 0):
                     last_ckpt = save()

@@ -244,3 +244,41 @@ def test_round_to_auto_uses_the_hardware_channel_block(monkeypatch):
     for group_id, removed in plan.removed.items():
         kept = plan.group_sizes[group_id] - len(removed)
         assert kept % 16 == 0 or not removed, (group_id, kept)
+
+
+def test_uniform_budget_search_keeps_alike_groups_alike():
+    """Twelve 'layers' of three group shapes (heads, MLP channels, a wide stem): the search reaches the target within
+    tolerance and every group of one shape loses the same count (uniform stays uniform)."""
+    groups = [group(f"attn{i}", 8, unit="head") for i in range(4)] + \
+        [group(f"mlp{i}", 96, round_to=8) for i in range(4)] + [group(f"stem{i}", 40) for i in range(4)]
+    weights = {"attn": 300.0, "mlp": 11.0, "stem": 7.0}
+    scores = seeded_scores(groups, seed=3)
+
+    def cost(allocation):
+        return sum(weights[g.id.rstrip("0123456789")] * (g.size - allocation.get(g.id, 0)) for g in groups)
+
+    for keep in (0.45, 0.6, 0.73):
+        result = allocate_budget(Uniform(round_to=8), groups, scores, Budget(target="params", keep_fraction=keep),
+                                 cost=cost)
+        assert result.relative_error <= 0.02, (keep, result)
+        for prefix in weights:
+            assert len({result.allocation[g.id] for g in groups if g.id.startswith(prefix)}) == 1, (keep, prefix)
+
+
+def test_cost_rank_prunes_units_that_cost_more_first():
+    """Alike scores, one group costs four times as much per unit: under a cost budget cost_rank takes more of it
+    and reaches the same cost with fewer units removed than a plain global ranking."""
+    groups = [group("cheap", 32), group("dear", 32)]
+    scores = seeded_scores(groups, seed=5)
+    per_unit = {"cheap": 1.0, "dear": 4.0}
+
+    def cost(allocation):
+        return sum(per_unit[g.id] * (g.size - allocation.get(g.id, 0)) for g in groups)
+
+    budget = Budget(target="params", keep_fraction=0.7)
+    ranked = allocate_budget(ALLOCATORS.get("cost_rank")(), groups, scores, budget, cost=cost)
+    plain = allocate_budget(GlobalRank(), groups, scores, budget, cost=cost)
+    assert ranked.relative_error <= 0.02 and plain.relative_error <= 0.02
+    assert ranked.allocation["dear"] > ranked.allocation["cheap"]
+    # fewer units go for the same cost saving
+    assert sum(ranked.allocation.values()) < sum(plain.allocation.values())

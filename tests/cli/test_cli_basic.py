@@ -41,7 +41,6 @@ def test_unknown_model_and_dataset_list_the_known_names(capsys):
 
 
 def test_eval_untrained_digits_cnn(capsys):
-    pytest.importorskip("prunekit.models.digits_cnn")
     assert main(["eval", "--model", "digits_cnn", "--data", "digits", "--json"]) == 0
     report = _json_out(capsys)
     assert report["metric"] == "accuracy" and report["items"] == 359 and 0.0 <= report["value"] <= 1.0
@@ -51,14 +50,12 @@ def test_eval_untrained_digits_cnn(capsys):
 
 
 def test_eval_pretrained_resnet20_on_raw_subset(capsys):
-    pytest.importorskip("prunekit.models.cifar_resnet")
     assert main(["eval", "--model", "cifar_resnet20", "--data", "cifar10_raw", "--limit", "256", "--json"]) == 0
     report = _json_out(capsys)
     assert report["items"] == 256 and report["value"] >= 0.87
 
 
 def test_bench_digits_cnn(capsys):
-    pytest.importorskip("prunekit.models.digits_cnn")
     from prunekit.metrics.params import count_parameters
     from prunekit.models import build
 

@@ -18,7 +18,7 @@ def test_full_rank_matches_uncompressed(arch, left, sink):
     model = tiny_model(arch)
     ids, mask = padded_batch(length=60, left=left)
     _, ref, _ = continuation_logits(model, None, ids, mask, 44)
-    press = CSKVPress(k_density=1.0, v_density=1.0, window=4, sink=sink)
+    press = CSKVPress(k_density=1.0, v_density=1.0, window=4, sink=sink, init="svd")
     _, out, cache = continuation_logits(model, press, ids, mask, 44)
     layer = cache.layers[0]
     assert isinstance(layer, LatentLayer) and layer.n_latent > 0 and layer.n_sink == sink
@@ -28,7 +28,8 @@ def test_full_rank_matches_uncompressed(arch, left, sink):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_full_rank_generate_is_identical(arch):
-    assert_generate_unchanged(tiny_model(arch), CSKVPress(k_density=1.0, v_density=1.0, window=4), 40, 20)
+    press = CSKVPress(k_density=1.0, v_density=1.0, window=4, init="svd")
+    assert_generate_unchanged(tiny_model(arch), press, 40, 20)
 
 
 def test_sink_tokens_are_stored_exactly():
@@ -36,7 +37,7 @@ def test_sink_tokens_are_stored_exactly():
     low-rank factors), and they are counted in the cache's storage."""
     model = tiny_model("llama")
     ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(3))
-    press = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=4)
+    press = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=4, init="svd")
     cache = continuation_logits(model, press, ids, torch.ones_like(ids), 30)[2]
     layer = cache.layers[0]
     assert layer.n_sink == 4 and layer.store["k_sink"].shape[2] == 4
@@ -56,7 +57,7 @@ def test_window_flushes_whole_blocks():
     model = tiny_model("llama")
     ids = torch.randint(1, 256, (1, 70))
     cache = new_cache(model)
-    with torch.no_grad(), CSKVPress(k_density=0.5, v_density=0.5, window=8, sink=0, bits=8)(model):
+    with torch.no_grad(), CSKVPress(k_density=0.5, v_density=0.5, window=8, sink=0, bits=8, init="svd")(model):
         model(ids[:, :50], past_key_values=cache)
         assert cache.layers[0].n_latent == 40 and cache.layers[0].store["k_win"].shape[2] == 10
         for step in range(6):  # 10 + 6 = 16 window tokens -> one block of 8 is flushed
@@ -101,11 +102,12 @@ def test_group_quantisation_error_and_packed_storage(bits, axis):
 def test_quantised_latents_stay_close_to_float_latents():
     model = tiny_model("llama")
     ids = torch.randint(1, 256, (1, 80), generator=torch.Generator().manual_seed(2))
-    _, ref, _ = continuation_logits(model, CSKVPress(k_density=0.5, v_density=0.5, window=8), ids,
+    _, ref, _ = continuation_logits(model, CSKVPress(k_density=0.5, v_density=0.5, window=8, init="svd"), ids,
                                     torch.ones_like(ids), 64)
     errors = []
     for bits in (8, 4):
-        _, out, _ = continuation_logits(model, CSKVPress(k_density=0.5, v_density=0.5, window=8, bits=bits), ids,
+        press = CSKVPress(k_density=0.5, v_density=0.5, window=8, bits=bits, init="svd")
+        _, out, _ = continuation_logits(model, press, ids,
                                         torch.ones_like(ids), 64)
         errors.append(float((out - ref).abs().max()))
     assert errors[0] < 0.02 and errors[0] < errors[1] < 0.3
@@ -176,7 +178,7 @@ def test_low_rank_cache_equals_reconstructed_full_cache():
 
     model = tiny_model("qwen2")  # biases on k/v projections
     ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(8))
-    press = CSKVPress(k_density=0.25, v_density=0.5, window=0, sink=0)
+    press = CSKVPress(k_density=0.25, v_density=0.5, window=0, sink=0, init="svd")
     _, out, cache_c = continuation_logits(model, press, ids, torch.ones_like(ids), 30)
     inputs = {}
     hooks = [layer.self_attn.k_proj.register_forward_pre_hook(
@@ -235,3 +237,27 @@ def test_adaptive_ranks_keep_the_budget_and_lower_the_error(tmp_path):
     with pytest.raises(ConfigError, match="latent channels"):
         with CSKVPress(k_density=0.25, v_density=0.5, factors=loaded)(model):
             pass
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_exact_tokens_are_attended_with_their_original_keys_and_values(left):
+    """With every latent token kept exact the cache attends exactly; a few exact tokens cost their K/V bytes."""
+    model = tiny_model("llama")
+    ids, mask = padded_batch(length=60, left=left)
+    _, ref, _ = continuation_logits(model, None, ids, mask, 44)
+    allexact = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=0, init="svd", exact_ratio=0.99)
+    _, out, cache = continuation_logits(model, allexact, ids, mask, 44)
+    valid = mask[:, 44:].bool()
+    torch.testing.assert_close(out[valid], ref[valid], atol=2e-5, rtol=1e-5)
+    assert cache.layers[0].store["k_exact"].shape == (2, 2, 40, 16)  # the 40 latents of 44 prompt tokens
+    none = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=0, init="svd")
+    few = CSKVPress(k_density=0.25, v_density=0.25, window=4, sink=0, init="svd", exact_ratio=0.1)
+    _, out_none, cache_none = continuation_logits(model, none, ids, mask, 44)
+    _, out_few, cache_few = continuation_logits(model, few, ids, mask, 44)
+    store = cache_few.layers[0].store
+    assert store["exact_idx"].shape == (2, 4) and bool((store["exact_idx"][1] >= (7 if left else 0)).all())
+    err_none, err_few = (out_none - ref)[valid].abs().mean(), (out_few - ref)[valid].abs().mean()
+    assert err_few < err_none
+    extra = sum(lf.nbytes() - ln.nbytes() for lf, ln in zip(cache_few.layers, cache_none.layers))
+    # per layer: K and V of 4 tokens x batch 2 x 2 heads x 16 channels (fp32), and int32 indices [2, 4]
+    assert extra == 2 * (2 * 2 * 2 * 4 * 16 * 4 + 2 * 4 * 4)

@@ -5,6 +5,7 @@ import torch
 from prunekit.kvcache.base import SelectedKVLayer
 from prunekit.kvcache.eviction import HeavyHitterEviction
 from prunekit.kvcache.hf_compat import UnsupportedModelError, new_cache
+from prunekit.kvcache.kept_channels import KeptChannelLayer
 from prunekit.kvcache.think import ThinKPress, think_key_scores
 
 ARCHS = ("llama", "qwen2", "mistral")
@@ -62,7 +63,7 @@ def test_ratio_zero_matches_uncompressed(arch, left):
     ref_first, ref_rest, _ = continuation_logits(model, None, ids, mask, 36)
     press = ThinKPress(key_ratio=0.0, recent_size=8, window_size=8)
     first, rest, cache = continuation_logits(model, press, ids, mask, 36)
-    assert isinstance(cache.layers[0], SelectedKVLayer)
+    assert isinstance(cache.layers[0], KeptChannelLayer)
     assert cache.get_seq_length() == 48
     valid = mask[:, 36:].bool()
     torch.testing.assert_close(first, ref_first, atol=1e-5, rtol=0)
@@ -108,14 +109,13 @@ def test_channel_score_matches_brute_force():
     torch.testing.assert_close(masked, think_key_scores(query[:, :, 2:], weight[:, 2:], keys[:, :, :-3]))
 
 
-def _zero_filled_reference(model, cache_c, ids, split, kind):
+def _zero_filled_reference(model, cache_c, ids, split, kind, n_old):
     """Uncompressed run whose cached old keys/values have the dropped channels zeroed (kvpress-style)."""
     cache = new_cache(model)
     with torch.no_grad():
         model(ids[:, :split], past_key_values=cache)
         for layer, comp in zip(cache.layers, cache_c.layers):
             index = comp.store[f"{kind}_idx"].long()
-            n_old = comp.store[f"{kind}_old"].shape[2]
             tensor = layer.keys if kind == "k" else layer.values
             keep = torch.zeros(tensor.shape[0], tensor.shape[1], tensor.shape[3], dtype=torch.bool)
             keep.scatter_(-1, index, True)
@@ -130,9 +130,13 @@ def test_compact_attention_equals_zero_filled_cache(kind):
     press = ThinKPress(key_ratio=0.5 if kind == "k" else 0.0, value_ratio=0.5 if kind == "v" else 0.0,
                        recent_size=8, window_size=8)
     _, rest, cache = continuation_logits(model, press, ids, torch.ones_like(ids), 44)
-    layer = cache.layers[0].store
-    assert layer[f"{kind}_old"].shape == (1, 2, 36, 8)  # half of head_dim 16 stored, recent 8 kept apart
-    ref = _zero_filled_reference(model, cache, ids, 44, kind)
+    layer = cache.layers[0]
+    if kind == "k":  # the SDPA layout: kept channels of all 60 tokens, the other 8 for the 8 recent + 16 scored
+        assert isinstance(layer, KeptChannelLayer)
+        assert layer.store["k_kept"].shape == (1, 2, 60, 8) and layer.store["k_rest"].shape == (1, 2, 24, 8)
+    else:  # value pruning: the general compact layout, recent 8 kept apart
+        assert isinstance(layer, SelectedKVLayer) and layer.store["v_old"].shape == (1, 2, 36, 8)
+    ref = _zero_filled_reference(model, cache, ids, 44, kind, n_old=36)
     torch.testing.assert_close(rest, ref, atol=1e-5, rtol=1e-5)
     full = continuation_logits(model, None, ids, torch.ones_like(ids), 44)[1]
     assert (rest - full).abs().max() > 1e-4  # pruning changed something
@@ -166,7 +170,7 @@ def test_eviction_keeps_recent_plus_heavy_hitters():
     assert torch.isfinite(rest).all()
 
 
-def test_unsupported_architecture_and_outside_use_raise():
+def test_unsupported_architecture_and_evicted_cache_outside_the_context_raise():
     import transformers
 
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
@@ -177,7 +181,7 @@ def test_unsupported_architecture_and_outside_use_raise():
     ids = torch.randint(1, 256, (1, 40))
     cache = new_cache(model)
     with torch.no_grad():
-        with ThinKPress(key_ratio=0.5, recent_size=4)(model):
+        with ThinKPress(key_ratio=0.5, recent_size=4, eviction=HeavyHitterEviction(token_ratio=0.5))(model):
             model(ids, past_key_values=cache)
         with pytest.raises(Exception, match="press context"):
             model(ids[:, :1], past_key_values=cache)

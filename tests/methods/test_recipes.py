@@ -146,7 +146,7 @@ def test_example_configs_load_and_cli_lists_recipes(capsys):
     assert gcp.config.stage1.epochs == 1 and gcp.config.stage1.schedule == "gcp_variable"
     slim = SlimCWDRecipe.from_file(str(EXAMPLES / "slim_cwd_cifar_resnet56.yaml"))
     assert slim.config.stage3.distill.feature_loss == "cwd" and slim.config.stage1.beta_factor == 10.0
-    assert sorted(RECIPES.names()) == ["gcp", "slim-cwd"]
+    assert {"gcp", "slim-cwd"} <= set(RECIPES.names())
     assert main(["run", "gcp", "--config", str(EXAMPLES / "gcp_cifar_resnet56.yaml"), "--set", "stage3.epochs=3",
                  "--print-config"]) == 0
     assert '"epochs": 3' in capsys.readouterr().out

@@ -70,15 +70,23 @@ def test_bias_folding_keeps_outputs_when_zero_scale_channels_are_removed():
 
 
 def test_macs_budget_is_hit_within_two_percent():
+    """Refinable allocators hit a MACs budget within 2%; uniform stays uniform and lands on its nearest widths."""
     from prunekit.metrics.macs import count_macs
 
     model = build("cifar_resnet56_b").eval()
     x = example_inputs("cifar_resnet56_b", batch=1)
-    for round_to in (None, 8):
-        plan = prunekit.plan(model, x, budget=prunekit.Budget(target="macs", keep_fraction=0.5), round_to=round_to)
+    for allocator, round_to in (("global", None), ("global", 8), ("uniform", None)):
+        plan = prunekit.plan(model, x, budget=prunekit.Budget(target="macs", keep_fraction=0.5), round_to=round_to,
+                             allocator=allocator)
         pruned = prunekit.apply(model, plan, x, verify=False)
         kept = count_macs(pruned, x) / count_macs(model, x)
-        assert abs(kept - 0.5) <= 0.02 * 0.5 + 1e-9, (round_to, kept)
+        convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+        if allocator == "uniform":
+            # ResNet-56-B's uniform widths jump from 0.526 to 0.473 of the MACs: the closer one is kept, and every
+            # layer of a stage keeps the same width (one width per original width: 16, 32, 64).
+            assert abs(kept - 0.5) <= 0.03, kept
+            assert len({m.out_channels for m in convs}) == 3, sorted({m.out_channels for m in convs})
+            continue
+        assert abs(kept - 0.5) <= 0.02 * 0.5 + 1e-9, (allocator, round_to, kept)
         if round_to:
-            assert all(m.out_channels % 8 == 0 for m in pruned.modules() if isinstance(m, nn.Conv2d)
-                       and m.out_channels != 10)
+            assert all(m.out_channels % 8 == 0 for m in convs)

@@ -73,7 +73,7 @@ def test_bad_inputs_give_clear_errors_and_leave_the_model_untouched(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match="ratio"):
         prunekit.plan(model, x, ratio=1.5)
-    with pytest.raises(KeyError, match="Known criterions|known|Known"):
+    with pytest.raises((KeyError, ConfigError), match="no_such_criterion.*Known"):
         prunekit.plan(model, x, criterion="no_such_criterion")
     other = build("cifar_resnet20", pretrained=False).eval()
     plan = prunekit.plan(model, x, ratio=0.5)

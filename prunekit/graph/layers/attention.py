@@ -42,8 +42,13 @@ def _head_dim(m, q: nn.Linear):
 
 
 def _is_hf_attention(m: nn.Module) -> bool:
+    """q/k/v projections and a head size, and no other child holding tensors (a norm over the projected heads,
+    say): blocks with more are traced through their operations instead (`graph.ops.product`)."""
     names, mods = _qkv(m)
-    return names is not None and _head_dim(m, mods[0]) is not None
+    if names is None or _head_dim(m, mods[0]) is None:
+        return False
+    known = set(names) | set(_OUT_NAMES)
+    return not any(n not in known and any(True for _ in child.parameters()) for n, child in m.named_children())
 
 
 @register_layer_predicate(_is_hf_attention)

@@ -79,9 +79,30 @@ class LayerNormRule:
         _norm_over_last(state, name, m, args, kwargs, output, ("weight", "bias"),
                         "LayerNorm '{name}' normalises over these channels (removal changes its mean and variance)")
 
+    def kept_forward(self, m, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """What the pruned norm computes, on the original's tensors: statistics over the kept channels only.
+
+        Args: x [..., C]; keep [C'] kept positions. Returns [..., C], zero at the removed positions.
+        """
+        import torch.nn.functional as F
+
+        if getattr(m, "data_format", "") == "channels_first":  # [B, C, H, W] normalised over C
+            return self.kept_forward(_Last(m), x.movedim(1, -1), keep).movedim(-1, 1)
+        w = m.weight.index_select(0, keep) if m.weight is not None else None
+        b = m.bias.index_select(0, keep) if m.bias is not None else None
+        kept = F.layer_norm(x.index_select(-1, keep), (keep.numel(),), w, b, m.eps)
+        return torch.zeros_like(x).index_copy(-1, keep, kept)
+
     def fixup(self, m, old_shapes):
         n = m.weight.shape[0] if m.weight is not None else m.normalized_shape[0]
         m.normalized_shape = (n,)
+
+
+class _Last:
+    """A view of a channels-first LayerNorm as a channels-last one (same tensors)."""
+
+    def __init__(self, m):
+        self.weight, self.bias, self.eps = m.weight, m.bias, m.eps
 
 
 def _is_rms_norm(m: nn.Module) -> bool:

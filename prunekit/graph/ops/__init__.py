@@ -17,4 +17,4 @@ def register_op(*names: str):
     return _add
 
 
-from . import elementwise, shape, index, reduce, linalg  # noqa: E402,F401  (fill OP_RULES)
+from . import elementwise, shape, index, reduce, linalg, product, params  # noqa: E402,F401  (fill OP_RULES)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..labels import CONST, broadcast_labels
+from ..labels import CONST, compress
 from . import register_op
 
 UNARY = (
@@ -54,12 +54,20 @@ def binary(state, func, name, args, kwargs, out):
         real = (1,) * (nd - t.dim()) + tuple(t.shape)
         aligned.append((lab, real))
     included = []
+    units = [compress(state.uf.roots(lab)) if bool((lab >= 0).any()) else lab for lab, _ in aligned]
     for i, (lab, real) in enumerate(aligned):
         others_vary = {d for j, (l2, _) in enumerate(aligned) if j != i for d in range(nd) if l2.shape[d] > 1}
         broadcast = {d for d in range(nd) if real[d] == 1 and shape[d] != 1}
         own_vary = [d for d in range(nd) if lab.shape[d] > 1]
         if broadcast & others_vary and not own_vary:
             continue  # a broadcast scalar-per-position tensor: no channel correspondence
+        others = [u for j, u in enumerate(units) if j != i and bool((u >= 0).any())]
+        if own_vary and others and any(u.shape[d] > 1 for u in others for d in broadcast) and \
+                all(u.shape[d] == 1 for u in others for d in own_vary):
+            # the other operands' units are whole slices along this one's dims (heads times rotary tables):
+            # removing a unit never removes a position of this operand, which therefore cannot lose any
+            state.uf.pin(lab[lab >= 0], f"broadcast against whole units by {state.where(name)}")
+            continue
         included.append(lab)
     if not included:
         state.set(out, torch.full((1,) * nd, CONST, dtype=torch.long))
@@ -79,5 +87,20 @@ def binary(state, func, name, args, kwargs, out):
         clash = (lab.expand(target) == CONST) & have
         if clash.any():
             state.uf.pin(result[clash], f"channel combined with constant content by {state.where(name)}")
-    from ..labels import compress
+
     state.set(out, compress(result))
+
+
+@register_op("index_add", "index_reduce")
+def index_add(state, func, name, args, kwargs, out):
+    """``out = self; out[index] += source`` along `dim` (tokens routed to an expert, say): where `dim` holds no
+    channels, position c of `source` lands on position c of `self`, as in an addition."""
+    x = args[0]
+    d = args[1] if len(args) > 1 else kwargs.get("dim")
+    source = args[3] if len(args) > 3 else kwargs.get("source")
+    if not isinstance(out, torch.Tensor) or not isinstance(source, torch.Tensor) or not isinstance(d, int):
+        return state.unknown(name, [t for t in (x, source) if isinstance(t, torch.Tensor)])
+    labs = [state.get(x), state.get(source)]
+    if any(lab.dim() > d % x.dim() and lab.shape[d % x.dim()] > 1 for lab in labs):
+        return state.unknown(name, [x, source])  # scattering along a channel dim
+    binary(state, func, name, (x, source), {}, out)

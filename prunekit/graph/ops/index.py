@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from ..labels import CONST, compress, expand_dims
 from . import register_op
+from .params import track_getitem
+from ..sizes import follows_tensor
 
 
 def _dim(args, kwargs, pos, default=0):
@@ -72,7 +74,11 @@ def split(state, func, name, args, kwargs, out):
     sizes = [p.shape[d] if name != "unbind" else 1 for p in parts]
     pieces = torch.split(full, sizes, d)
     equal = len(set(sizes)) == 1 and sum(sizes) == x.shape[d]
-    if name == "chunk" and equal:
+    size_arg = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+    from_shape = follows_tensor(size_arg) if not isinstance(size_arg, (list, tuple)) else \
+        all(follows_tensor(s) for s in size_arg)
+    if (name == "chunk" or (name in ("split", "split_with_sizes") and from_shape)) and equal:
+        # equal parts whose size follows the tensor (chunk, or split(x.shape[1] // 3)): removed in lockstep
         for piece in pieces[1:]:
             state.uf.union_pairs(pieces[0], piece)
     else:
@@ -80,6 +86,15 @@ def split(state, func, name, args, kwargs, out):
     for p, piece in zip(parts, pieces):
         piece = piece.squeeze(d) if name == "unbind" else piece
         state.set(p, compress(piece))
+
+
+def _units(state, lab: torch.Tensor) -> torch.Tensor:
+    """Labels as units (union-find roots), compressed: a dim whose positions all belong to one unit at every
+    index of the other dims (head_dim within whole heads) holds no channel boundary, so indexing it at constant
+    positions (partial rotary: ``q[..., :rotary_dim]``) keeps every unit whole."""
+    if lab.numel() <= 1 or not bool((lab >= 0).any()):
+        return lab
+    return compress(state.uf.roots(lab))
 
 
 def _is_full(s: slice, size: int) -> bool:
@@ -91,7 +106,9 @@ def getitem(state, func, name, args, kwargs, out):
     x, idx = args[0], args[1]
     if not isinstance(out, torch.Tensor):
         return
-    lab = state.get(x)
+    if track_getitem(state, x, idx, out):  # one expert's slice of a 3-D weight: a view, used by linear/matmul
+        return
+    lab = _units(state, state.get(x))
     items = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, torch.Tensor) and i.dtype != torch.bool and i.dim() > 0 for i in items) or \
             any(isinstance(i, (list,)) for i in items):
@@ -135,7 +152,7 @@ def _labelled_index_axes(lab, x, items):
 def narrow(state, func, name, args, kwargs, out):
     x = args[0]
     d = _dim(args, kwargs, 1) % x.dim()
-    lab = state.get(x)
+    lab = _units(state, state.get(x))
     if lab.shape[d] > 1:
         state.uf.pin(lab, f"selecting fixed positions of a channel dim by {state.where(name)}")
         state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))

@@ -5,6 +5,8 @@ import torch
 
 from ..labels import compress, reshape_labels
 from . import register_op
+from .params import track_permute, track_unsqueeze
+from ..sizes import follows_tensor
 
 
 def _shape_args(args, kwargs):
@@ -21,19 +23,33 @@ def reshape(state, func, name, args, kwargs, out):
     x = args[0]
     if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
         return
+    if track_unsqueeze(state, name, args, kwargs, out):  # an expert's weight made [1, in, out] for bmm
+        return
     if name in ("view", "reshape") and len(args) == 2 and isinstance(args[1], torch.dtype):
         return state.unknown(name, [x])
     adaptive = None
     if name in ("view", "reshape"):
-        requested = _shape_args(args, kwargs)
-        adaptive = [i for i, r in enumerate(requested) if r == -1]
+        requested = _raw_shape_args(args, kwargs)
+        # sizes that follow the tensor: -1, or read from a tensor's shape (`graph.sizes`); others are constants
+        adaptive = [i for i, r in enumerate(requested) if follows_tensor(r)]
     state.set(out, reshape_labels(state.uf, state.get(x), tuple(x.shape), tuple(out.shape), adaptive, state.where(name)))
+
+
+def _raw_shape_args(args, kwargs):
+    rest = args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = tuple(rest[0])
+    if not rest:
+        rest = tuple(kwargs.get("shape", kwargs.get("size", ())))
+    return list(rest)
 
 
 @register_op("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "mT", "adjoint")
 def permute(state, func, name, args, kwargs, out):
     x = args[0]
     if not isinstance(out, torch.Tensor):
+        return
+    if track_permute(state, func, args, kwargs, out):  # a transposed weight used by matmul
         return
     lab = state.get(x)
     try:
@@ -70,6 +86,8 @@ def attribute(state, func, name, args, kwargs, out):
     if not isinstance(out, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
         return
     x = args[0]
+    if track_permute(state, func, args, kwargs, out) if out.shape != x.shape else False:
+        return
     lab = state.get(x)
     if out.shape == x.shape:
         state.set(out, lab)

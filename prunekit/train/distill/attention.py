@@ -49,6 +49,8 @@ class AttentionTransfer(nn.Module):
     kind = "features"
     needs_equal_channels = False
 
+    Config = AttentionConfig  # the options a config names (distillation configs check them by this)
+
     def __init__(self, cfg: Optional[AttentionConfig] = None, **kwargs):
         super().__init__()
         self.cfg = cfg or AttentionConfig(**kwargs)

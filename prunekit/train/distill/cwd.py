@@ -41,6 +41,8 @@ class ChannelWiseDistillation(nn.Module):
     kind = "features"
     needs_equal_channels = True
 
+    Config = CWDConfig  # the options a config names (distillation configs check them by this)
+
     def __init__(self, cfg: Optional[CWDConfig] = None, **kwargs):
         super().__init__()
         self.cfg = cfg or CWDConfig(**kwargs)

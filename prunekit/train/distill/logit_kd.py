@@ -43,6 +43,8 @@ class LogitKD(nn.Module):
     kind = "logits"
     needs_equal_channels = False
 
+    Config = LogitKDConfig  # the options a config names (distillation configs check them by this)
+
     def __init__(self, cfg: Optional[LogitKDConfig] = None, **kwargs):
         super().__init__()
         self.cfg = cfg or LogitKDConfig(**kwargs)

@@ -1,0 +1,257 @@
+"""PAGCP on a two-head CIFAR classifier: multitask oracle vs uniform L1, global L1 and a single-task oracle.
+
+The model: a pretrained CIFAR ResNet trunk (option A) with the 10-class head and a vehicle versus animal head, trained
+jointly (`prunekit.models.cifar_multihead.train_joint`, cached). Every method prunes it to at most 50% of its MACs
+(`budget: {target: macs, keep_fraction: 0.5}`), then gets the same fine-tuning (same batches, same recipe). Reported
+per method: both heads' accuracy right after pruning and after fine-tuning, MACs, params, latency (batch 1), and for
+PAGCP the per-unit sweep log (ratio and the task that stopped each unit).
+
+    python benchmarks/pagcp.py --quick --json out.json        # ResNet-20 trunk, CPU smoke run (< 10 min)
+    python benchmarks/pagcp.py --json out.json --md           # ResNet-56 trunk, longer training
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (THREADS_HELP, markdown_table, markdown_target_table, print_table, print_targets,  # noqa: E402
+                     report, target, write_json)
+
+import prunekit  # noqa: E402
+from prunekit import planning  # noqa: E402
+from prunekit.allocate.pagcp import Pagcp  # noqa: E402
+from prunekit.graph.types import Budget  # noqa: E402
+from prunekit.io import atomic_write_text, save_tensors  # noqa: E402
+from prunekit.metrics.macs import count_macs  # noqa: E402
+from prunekit.models import build  # noqa: E402
+from prunekit.models.cifar_multihead import (class_loss, coarse_loss, two_task_batch, task_accuracies,  # noqa: E402
+                                             train_joint)
+from prunekit.paths import cache_root  # noqa: E402
+
+SETTINGS = {
+    "quick": dict(depth=20, train_steps=150, finetune_steps=60, batch=64, held_out_batches=2, test_images=1000,
+                  ratio_steps=10, allowances=(3.0, 8.0, 20.0)),
+    "full": dict(depth=56, train_steps=1500, finetune_steps=500, batch=128, held_out_batches=4, test_images=10000,
+                 ratio_steps=19, allowances=(1.5, 2.0, 3.0, 5.0, 8.0)),
+}
+KEEP_MACS, TOLERANCE = 0.5, 0.05
+TASKS = ("class", "vehicle")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def make_batches(dataset, indices, batch: int) -> List[tuple]:
+    """Two-task batches (`two_task_batch`) over `indices` of `dataset`, deterministic."""
+    out = []
+    for start in range(0, len(indices) - batch + 1, batch):
+        items = [dataset[int(i)] for i in indices[start:start + batch]]
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([int(it[1]) for it in items])
+        out.append(two_task_batch(x, y))
+    return out
+
+
+def data(s: Dict[str, Any]):
+    """(train batches, fine-tune batches, held-out batches, test batches)."""
+    from prunekit.data.cifar10 import cifar10_jpg
+
+    train = cifar10_jpg("train", augment="standard", normalize="imagenet")
+    plain = cifar10_jpg("train", normalize="imagenet")
+    test = cifar10_jpg("test", normalize="imagenet", limit=s["test_images"])
+    perm = torch.randperm(49000, generator=torch.Generator().manual_seed(0))
+    b = s["batch"]
+    train_b = make_batches(train, perm[: s["train_steps"] * b], b)
+    ft_b = make_batches(train, perm[-s["finetune_steps"] * b:], b)
+    held = make_batches(plain, torch.arange(49000, 49000 + s["held_out_batches"] * b), b)  # never trained on
+    test_b = make_batches(test, torch.arange(len(test)), 100)
+    return train_b, ft_b, held, test_b
+
+
+def trained_model(s: Dict[str, Any], train_b, retrain: bool) -> torch.nn.Module:
+    """The jointly trained two-head model (cached as safetensors)."""
+    name = f"cifar_resnet{s['depth']}_multihead"
+    path = cache_root() / "pagcp" / f"{name}_{s['train_steps']}x{s['batch']}.safetensors"
+    if path.exists() and not retrain:
+        return build(name, weights=str(path)).eval()
+    model = build(name)
+    train_joint(model, train_b, lr=0.01, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, {k: v.contiguous() for k, v in model.state_dict().items()})
+    return model.eval()
+
+
+def held_out_losses(model, held) -> Dict[str, float]:
+    with torch.no_grad():
+        outs = [(model(b[0]), b) for b in held]
+    return {"class": sum(float(class_loss(o, b)) for o, b in outs) / len(outs),
+            "vehicle": sum(float(coarse_loss(o, b)) for o, b in outs) / len(outs)}
+
+
+def latency_ms(model, repeats: int = 30) -> float:
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def prune_baseline(model, allocator: str, example) -> torch.nn.Module:
+    config = planning.PlanConfig(criterion="l1", allocator=allocator,
+                                 budget=Budget(target="macs", keep_fraction=KEEP_MACS))
+    plan = prunekit.plan(model, example, config)
+    return prunekit.apply(model, plan, example), {}
+
+
+def prune_pagcp(model, tasks: Dict[str, Any], held, example, s) -> tuple:
+    """PAGCP under the MACs budget; the allowance is the smallest of the list whose safe removals reach it."""
+    from prunekit.errors import ConfigError
+
+    analysis = planning.analyse(model, example)
+    last_error = None
+    for allowance in s["allowances"]:
+        config = planning.PlanConfig(criterion="l1", allocator={"name": "pagcp", "tolerance": TOLERANCE,
+                                                                "allowance": allowance},
+                                     budget=Budget(target="macs", keep_fraction=KEEP_MACS))
+        groups = planning.eligibility(analysis, config)
+        scores = planning.scoring(model, groups, config, example)
+        policy = Pagcp(tolerance=TOLERANCE, allowance=allowance, ratio_steps=s["ratio_steps"]).attach(
+            model, tasks, held)
+        try:
+            allocation = planning.allocate(model, groups, scores, config, example, policy=policy)
+        except ConfigError as exc:  # every safe removal together still misses the budget: allow more loss
+            last_error = exc
+            print(f"pagcp ({'+'.join(tasks)}): allowance {allowance} does not reach the budget; trying more")
+            continue
+        removed = planning.selection(groups, policy.sweep_scores(scores), allocation)
+        plan = planning.make_plan(model, analysis, removed, allocation, config, example, pagcp=policy.provenance())
+        return prunekit.apply(model, plan, example), {"allowance": allowance, **policy.provenance()}
+    raise last_error
+
+
+def run(args) -> Dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    s = SETTINGS["quick" if args.quick else "full"]
+    train_b, ft_b, held, test_b = data(s)
+    model = trained_model(s, train_b, args.retrain)
+    example = held[0][0][:2]
+    base_macs, base_params = count_macs(model, example[:1]), sum(p.numel() for p in model.parameters())
+    base_acc = task_accuracies(model, test_b)
+    base_loss = held_out_losses(model, held)
+    methods = {
+        "uniform L1": lambda: prune_baseline(model, "uniform", example),
+        "global L1": lambda: prune_baseline(model, "global", example),
+        "PAGCP (class + vehicle)": lambda: prune_pagcp(model, {"class": class_loss, "vehicle": coarse_loss},
+                                                       held, example, s),
+        "PAGCP single-task (class)": lambda: prune_pagcp(model, {"class": class_loss}, held, example, s),
+    }
+    rows = [{"method": "unpruned", "class_pruned": base_acc[0], "vehicle_pruned": base_acc[1],
+             "class_ft": None, "vehicle_ft": None, "macs": base_macs, "params": base_params,
+             "latency_ms": latency_ms(model), "held_out_loss": base_loss}]
+    logs = {}
+    for name, make in methods.items():
+        t0 = time.perf_counter()
+        pruned, log = make()
+        prune_s = time.perf_counter() - t0
+        acc = task_accuracies(pruned, test_b)
+        loss = held_out_losses(pruned, held)
+        tuned = train_joint(copy.deepcopy(pruned), ft_b, lr=0.01, progress=True)
+        acc_ft = task_accuracies(tuned, test_b)
+        rows.append({"method": name, "class_pruned": acc[0], "vehicle_pruned": acc[1], "class_ft": acc_ft[0],
+                     "vehicle_ft": acc_ft[1], "macs": count_macs(pruned, example[:1]),
+                     "params": sum(p.numel() for p in pruned.parameters()), "latency_ms": latency_ms(pruned),
+                     "held_out_loss": loss, "prune_seconds": prune_s})
+        if log:
+            logs[name] = log
+        print(f"{name}: pruned {acc}, fine-tuned {acc_ft} ({prune_s:.1f}s to prune)")
+    by = {r["method"]: r for r in rows}
+    worst = lambda r: min(r["class_ft"], r["vehicle_ft"])  # noqa: E731
+    multi, single = by["PAGCP (class + vehicle)"], by["PAGCP single-task (class)"]
+    allowance = logs["PAGCP (class + vehicle)"]["allowance"]
+    within = max(multi["held_out_loss"][t] / (allowance * base_loss[t]) for t in TASKS)
+    targets = [
+        target("PAGCP worst task after FT minus uniform L1's (points)", worst(multi) - worst(by["uniform L1"]), ">=",
+               0.0),
+        target("PAGCP worst task after FT minus global L1's (points)", worst(multi) - worst(by["global L1"]), ">=",
+               0.0),
+        target("PAGCP held-out loss / (allowance x base), worst task, before FT", within, "<=", 1.0),
+        target("vehicle accuracy lost by single-task oracle minus by multitask PAGCP, before FT (points)",
+               multi["vehicle_pruned"] - single["vehicle_pruned"], ">=", 0.0),
+        target("MACs kept by PAGCP (fraction)", multi["macs"] / base_macs, "<=", KEEP_MACS * 1.02),
+    ]
+    return {"mode": "quick" if args.quick else "full", "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                     for k, v in s.items()},
+            "base_macs": base_macs, "rows": rows, "targets": targets, "pagcp_logs": logs}
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [f"# PAGCP on a two-head CIFAR ResNet-{s['depth']} ({result['mode']})", "",
+             "Generated by `python benchmarks/pagcp.py" + (" --quick" if result["mode"] == "quick" else "") +
+             " --md`. Trunk: pretrained option-A CIFAR ResNet; heads: 10 classes and vehicle versus animal, "
+             "trained jointly "
+             f"({s['train_steps']} steps of {s['batch']}). Every method keeps at most {KEEP_MACS:.0%} of the MACs "
+             f"and gets the same fine-tuning ({s['finetune_steps']} steps). Accuracies on {s['test_images']} "
+             "CIFAR-10 test images. Latency: batch 1, one thread.", "",
+             "## Results", ""]
+    cols = ["method", "class (pruned)", "vehicle (pruned)", "class (FT)", "vehicle (FT)", "MACs (M)", "params (k)",
+            "latency (ms)"]
+    lines += markdown_table(cols, [[r["method"], r["class_pruned"], r["vehicle_pruned"], r["class_ft"],
+                                    r["vehicle_ft"], r["macs"] / 1e6, r["params"] / 1e3, r["latency_ms"]]
+                                   for r in result["rows"]])
+    lines += ["", "## Targets", ""] + markdown_target_table(result["targets"])
+    for name, log in result["pagcp_logs"].items():
+        lines += ["", f"## Sweep log: {name}", "",
+                  f"Allowance {log['allowance']}, tolerance {log['config']['tolerance']}, decay lambda "
+                  f"{log['decay']:.4f}; {log['seconds']:.1f} s in all, {log['seconds_per_unit']:.2f} s per unit.", ""]
+        lines += markdown_table(["unit", "size", "ratio", "stopped by", "tolerance", "kept by top-k", "s"],
+                                [[u["group"], u["size"], u["ratio"], u["stopped_by"] or "(grid end)", u["tolerance"],
+                                  "yes" if u["kept_by_topk"] else "no", u["seconds"]] for u in log["units"]])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="ResNet-20 trunk, short training (CPU smoke run)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--md", nargs="?", const="auto", default=None,
+                        help="write the markdown page (default docs/results_pagcp[_quick].md)")
+    parser.add_argument("--retrain", action="store_true", help="ignore the cached jointly trained model")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--render", default=None, metavar="JSON", help="rebuild the markdown from a JSON report")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    result = json.loads(Path(args.render).read_text()) if args.render else run(args)
+    print_table("PAGCP benchmark", ["method", "class pruned", "veh pruned", "class FT", "veh FT", "MACs", "params",
+                                    "ms"],
+                [[r["method"], r["class_pruned"], r["vehicle_pruned"], r["class_ft"], r["vehicle_ft"], r["macs"],
+                  r["params"], r["latency_ms"]] for r in result["rows"]])
+    print_targets(result["targets"])
+    if args.json and not args.render:
+        write_json(args.json, report("pagcp", sys.argv[1:] if argv is None else argv, start, result["rows"],
+                                     result["targets"], **{k: v for k, v in result.items()
+                                                           if k not in ("targets", "rows")}))
+    if args.md:
+        path = args.md if args.md != "auto" else str(
+            repo_root() / "docs" / ("results_pagcp_quick.md" if result["mode"] == "quick" else "results_pagcp.md"))
+        atomic_write_text(path, markdown(result))
+    return 0 if all(t["passed"] for t in result["targets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
