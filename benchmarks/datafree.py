@@ -251,15 +251,16 @@ def markdown(results: List[Dict[str, Any]], targets, command: str, mode: str) ->
                           "in_proj weights stay float32 (not an nn.Linear)."]
             continue
         table = []
-        for ratio in sorted({r["ratio"] for r in rows}):
-            for bits in sorted({r["bits"] for r in rows}, reverse=True):
-                accs = [cell(rows, res["model"], ratio, bits, arm) for arm in ARMS]
-                errs = [cell(rows, res["model"], ratio, bits, arm, "next_layer_error") for arm in ARMS]
-                table.append([f"{int(ratio * 100)}%", "fp32" if bits == 32 else f"{bits} bit",
-                              *[f"{a:.4f}" for a in accs], *[f"{e:.3f}" if e is not None else "-" for e in errs],
-                              f"{100 * (accs[2] - accs[0]):+.1f}"])
+        settings = sorted({(r["ratio"], r["bits"]) for r in rows}, key=lambda k: (k[0], -k[1]))  # those that ran
+        for ratio, bits in settings:
+            accs = [cell(rows, res["model"], ratio, bits, arm) for arm in ARMS]
+            errs = [cell(rows, res["model"], ratio, bits, arm, "next_layer_error") for arm in ARMS]
+            table.append([f"{int(ratio * 100)}%", "fp32" if bits == 32 else f"{bits} bit",
+                          *[f"{a:.4f}" for a in accs], *[f"{e:.3f}" if e is not None else "-" for e in errs],
+                          f"{100 * (accs[2] - accs[0]):+.1f}", f"{100 * (accs[2] - accs[1]):+.1f}"])
         lines += markdown_table(["pruned", "bits", "naive", "N. Merging", "UDFC", "measured", "err naive", "err NM",
-                                 "err UDFC", "err measured", "UDFC - naive (pts)"], table)
+                                 "err UDFC", "err measured", "UDFC - naive (pts)", "UDFC - NM (pts)"],
+                                table)
         mom = res.get("moments", [])
         if mom:
             ok = [m for m in mom if m["gaussian"]]

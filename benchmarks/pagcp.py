@@ -1,9 +1,10 @@
 """PAGCP on a two-head CIFAR classifier: multitask oracle vs uniform L1, global L1 and a single-task oracle.
 
-The model: a pretrained CIFAR ResNet trunk (option A) with the 10-class head and a vehicle versus animal head, trained
-jointly (`prunekit.models.cifar_multihead.train_joint`, cached). Every method prunes it to at most 50% of its MACs
-(`budget: {target: macs, keep_fraction: 0.5}`), then gets the same fine-tuning (same batches, same recipe). Reported
-per method: both heads' accuracy right after pruning and after fine-tuning, MACs, params, latency (batch 1), and for
+The model: a pretrained CIFAR ResNet trunk (option A) with the 10-class head and a vehicle versus animal head,
+trained jointly (`prunekit.models.cifar_multihead.train_joint`, cached). Every method prunes it to at most 50% of
+its MACs (`budget: {target: macs, keep_fraction: 0.5}`) where PAGCP's oracle allows it (else every removal the
+oracle passes, and the other arms go to the MACs PAGCP reached), then gets the same fine-tuning. Reported per
+method: both heads' accuracy right after pruning and after fine-tuning, MACs, params, latency (batch 1), and for
 PAGCP the per-unit sweep log (ratio and the task that stopped each unit).
 
     python benchmarks/pagcp.py --quick --json out.json        # ResNet-20 trunk, CPU smoke run (< 10 min)
@@ -17,7 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -35,14 +36,15 @@ from prunekit.models import build  # noqa: E402
 from prunekit.models.cifar_multihead import (class_loss, coarse_loss, two_task_batch, task_accuracies,  # noqa: E402
                                              train_joint)
 from prunekit.paths import cache_root  # noqa: E402
+from prunekit.planning.cost import macs_cost  # noqa: E402
 
 SETTINGS = {
     "quick": dict(depth=20, train_steps=150, finetune_steps=60, batch=64, held_out_batches=2, test_images=1000,
-                  ratio_steps=10, allowances=(3.0, 8.0, 20.0)),
+                  ratio_steps=19, tolerance=0.2, allowance=20.0),
     "full": dict(depth=56, train_steps=1500, finetune_steps=500, batch=128, held_out_batches=4, test_images=10000,
-                 ratio_steps=19, allowances=(1.5, 2.0, 3.0, 5.0, 8.0)),
+                 ratio_steps=19, tolerance=0.2, allowance=20.0),
 }
-KEEP_MACS, TOLERANCE = 0.5, 0.05
+KEEP_MACS = 0.5  # the issue's budget: PAGCP's oracle decides whether it is reachable
 TASKS = ("class", "vehicle")
 
 
@@ -110,37 +112,35 @@ def latency_ms(model, repeats: int = 30) -> float:
     return 1000 * sorted(times)[len(times) // 2]
 
 
-def prune_baseline(model, allocator: str, example) -> torch.nn.Module:
+def prune_baseline(model, allocator: str, example, keep: float) -> tuple:
     config = planning.PlanConfig(criterion="l1", allocator=allocator,
-                                 budget=Budget(target="macs", keep_fraction=KEEP_MACS))
+                                 budget=Budget(target="macs", keep_fraction=keep))
     plan = prunekit.plan(model, example, config)
     return prunekit.apply(model, plan, example), {}
 
 
-def prune_pagcp(model, tasks: Dict[str, Any], held, example, s) -> tuple:
-    """PAGCP under the MACs budget; the allowance is the smallest of the list whose safe removals reach it."""
+def prune_pagcp(model, tasks: Dict[str, Any], held, example, s, keep: Optional[float] = None) -> tuple:
+    """PAGCP with the settings' tolerance and allowance: every removal the oracle passed (`keep` None), or the
+    cheapest-loss-per-MAC part of them that keeps `keep` of the MACs (all of them when that is not reachable)."""
     from prunekit.errors import ConfigError
 
     analysis = planning.analyse(model, example)
-    last_error = None
-    for allowance in s["allowances"]:
-        config = planning.PlanConfig(criterion="l1", allocator={"name": "pagcp", "tolerance": TOLERANCE,
-                                                                "allowance": allowance},
-                                     budget=Budget(target="macs", keep_fraction=KEEP_MACS))
+    options = {"tolerance": s["tolerance"], "allowance": s["allowance"], "ratio_steps": s["ratio_steps"]}
+    for budget in ([Budget(target="macs", keep_fraction=keep)] if keep else []) + [Budget(ratio=0.999)]:
+        config = planning.PlanConfig(criterion="l1", allocator={"name": "pagcp", **options}, budget=budget)
         groups = planning.eligibility(analysis, config)
         scores = planning.scoring(model, groups, config, example)
-        policy = Pagcp(tolerance=TOLERANCE, allowance=allowance, ratio_steps=s["ratio_steps"]).attach(
-            model, tasks, held)
+        # MACs order the units and price each one's loss (a budget search passes its own MACs cost model too)
+        policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example))
         try:
             allocation = planning.allocate(model, groups, scores, config, example, policy=policy)
-        except ConfigError as exc:  # every safe removal together still misses the budget: allow more loss
-            last_error = exc
-            print(f"pagcp ({'+'.join(tasks)}): allowance {allowance} does not reach the budget; trying more")
+        except ConfigError as exc:  # the oracle's safe removals do not reach the MACs of the other arm
+            print(f"pagcp ({'+'.join(tasks)}): {exc}; keeping every safe removal")
             continue
         removed = planning.selection(groups, policy.sweep_scores(scores), allocation)
         plan = planning.make_plan(model, analysis, removed, allocation, config, example, pagcp=policy.provenance())
-        return prunekit.apply(model, plan, example), {"allowance": allowance, **policy.provenance()}
-    raise last_error
+        return prunekit.apply(model, plan, example), {"allowance": s["allowance"], **policy.provenance()}
+    raise AssertionError("unreachable")
 
 
 def run(args) -> Dict[str, Any]:
@@ -153,12 +153,16 @@ def run(args) -> Dict[str, Any]:
     base_macs, base_params = count_macs(model, example[:1]), sum(p.numel() for p in model.parameters())
     base_acc = task_accuracies(model, test_b)
     base_loss = held_out_losses(model, held)
+    # PAGCP first: the 50% MACs budget where its oracle allows it, else every safe removal; every other arm is
+    # then pruned to the MACs PAGCP reached (equal MACs)
+    both = {"class": class_loss, "vehicle": coarse_loss}
+    keep = {}
     methods = {
-        "uniform L1": lambda: prune_baseline(model, "uniform", example),
-        "global L1": lambda: prune_baseline(model, "global", example),
-        "PAGCP (class + vehicle)": lambda: prune_pagcp(model, {"class": class_loss, "vehicle": coarse_loss},
-                                                       held, example, s),
-        "PAGCP single-task (class)": lambda: prune_pagcp(model, {"class": class_loss}, held, example, s),
+        "PAGCP (class + vehicle)": lambda: prune_pagcp(model, both, held, example, s, KEEP_MACS),
+        "uniform L1": lambda: prune_baseline(model, "uniform", example, keep["macs"]),
+        "global L1": lambda: prune_baseline(model, "global", example, keep["macs"]),
+        "PAGCP single-task (class)": lambda: prune_pagcp(model, {"class": class_loss}, held, example, s,
+                                                         keep["macs"]),
     }
     rows = [{"method": "unpruned", "class_pruned": base_acc[0], "vehicle_pruned": base_acc[1],
              "class_ft": None, "vehicle_ft": None, "macs": base_macs, "params": base_params,
@@ -178,6 +182,7 @@ def run(args) -> Dict[str, Any]:
                      "held_out_loss": loss, "prune_seconds": prune_s})
         if log:
             logs[name] = log
+        keep.setdefault("macs", rows[-1]["macs"] / base_macs + 1e-3)
         print(f"{name}: pruned {acc}, fine-tuned {acc_ft} ({prune_s:.1f}s to prune)")
     by = {r["method"]: r for r in rows}
     worst = lambda r: min(r["class_ft"], r["vehicle_ft"])  # noqa: E731
@@ -205,8 +210,11 @@ def markdown(result: Dict[str, Any]) -> str:
              "Generated by `python benchmarks/pagcp.py" + (" --quick" if result["mode"] == "quick" else "") +
              " --md`. Trunk: pretrained option-A CIFAR ResNet; heads: 10 classes and vehicle versus animal, "
              "trained jointly "
-             f"({s['train_steps']} steps of {s['batch']}). Every method keeps at most {KEEP_MACS:.0%} of the MACs "
-             f"and gets the same fine-tuning ({s['finetune_steps']} steps). Accuracies on {s['test_images']} "
+             f"({s['train_steps']} steps of {s['batch']}). PAGCP (tolerance {s['tolerance']}, allowance "
+             f"{s['allowance']}) gets a budget of {KEEP_MACS:.0%} of the MACs where its oracle allows it, else keeps "
+             "every removal the oracle passed; uniform L1, global L1 and single-task PAGCP are then pruned to the "
+             "MACs PAGCP reached (equal MACs), and every model gets the same fine-tuning "
+             f"({s['finetune_steps']} steps). Accuracies on {s['test_images']} "
              "CIFAR-10 test images. Latency: batch 1, one thread.", "",
              "## Results", ""]
     cols = ["method", "class (pruned)", "vehicle (pruned)", "class (FT)", "vehicle (FT)", "MACs (M)", "params (k)",

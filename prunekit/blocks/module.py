@@ -102,9 +102,11 @@ class BlockSparseLinear(nn.Module):
         return torch.bmm(weight, gathered).view(self.out_features, tokens).t()  # [T, out]
 
     def _cuda_bsr(self, x2: torch.Tensor) -> torch.Tensor:
-        if self._bsr is None or self._bsr.device != x2.device:
-            self._bsr = self.dense_weight().to(x2.device).to_sparse_bsr((self.block.rows, self.block.cols))
-        return (self._bsr @ x2.t()).t()
+        key = (x2.device, self.packed._version)  # rebuilt when the packed weights change (e.g. after training)
+        if self._bsr is None or self._bsr[0] != key:
+            weight = self.dense_weight().to(x2.device, x2.dtype)
+            self._bsr = (key, weight.to_sparse_bsr((self.block.rows, self.block.cols)))
+        return (self._bsr[1] @ x2.t()).t()
 
     def extra_repr(self) -> str:
         rows, k = self.block_index.shape

@@ -190,3 +190,22 @@ def test_registered_and_budget_search_never_exceeds_what_the_oracle_passed():
     passed = {r.group: r.removed for r in policy.result.records}
     assert allocation.cost <= allocation.base_cost * 0.8 * 1.02
     assert all(allocation[g] <= passed.get(g, 0) for g in allocation)
+
+
+def test_multihead_cifar_model_shares_the_pretrained_trunk_and_its_heads_are_tasks():
+    from prunekit.models import build
+    from prunekit.models.cifar_multihead import class_loss, coarse_loss, two_task_batch
+
+    torch.manual_seed(0)
+    two, one = build("cifar_resnet20_multihead").eval(), build("cifar_resnet20").eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits, coarse = two(x)
+        assert torch.allclose(logits, one(x), atol=1e-5)  # the class head is the pretrained ResNet-20
+    assert coarse.shape == (4, 2)
+    images, labels, vehicle = two_task_batch(x, torch.tensor([0, 3, 8, 5]))
+    assert vehicle.tolist() == [1, 0, 1, 0]  # airplane, cat, ship, dog
+    with torch.no_grad():
+        out = two(images)
+    batch = (images, labels, vehicle)
+    assert float(class_loss(out, batch)) > 0 and float(coarse_loss(out, batch)) > 0

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd, cwd, env=None):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=3600, env=env)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 

@@ -55,7 +55,7 @@ def test_pruned_models_reload_in_a_fresh_process(pruned_zoo, tmp_path):
                 assert err <= 1e-5 * max(1.0, float(io[f"y{{i}}"].abs().max())), (name, i, err)
             print("ok", name)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600,
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env()})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok ") == len(RELOAD_FAMILIES)

@@ -34,7 +34,7 @@ def test_reload_in_a_fresh_process_reproduces_outputs(tmp_path):
         assert torch.equal(model.eval()(x), y), (model(x) - y).abs().max()
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)  # only catches a hang: loaded CI machines are slow
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
