@@ -1,8 +1,8 @@
-"""Zoo cases built from plain torch, one per operation class of the engine (shared by benchmarks/engine_zoo.py and
-tests/graph/test_ops.py): einsum, pixel shuffle / unshuffle, functional attention (scaled_dot_product_attention and
-hand-written softmax attention, multi-head and grouped-query, projections not named q_proj/k_proj/v_proj),
-mixture-of-experts with experts kept as 3-D parameters (used through F.linear and bmm), splits whose sizes come from
-tensor shapes, and a forward that takes another branch for other inputs (needs two example inputs).
+"""Zoo cases built from plain torch, one per operation class of the engine (shared by benchmarks/engine_zoo.py,
+tests/graph/test_ops.py and tests/graph/test_branches.py): einsum, pixel shuffle / unshuffle, functional attention
+(scaled_dot_product_attention and hand-written softmax attention, multi-head and grouped-query, projections not named
+q_proj/k_proj/v_proj), mixture-of-experts with experts kept as 3-D parameters (used through F.linear and bmm), splits
+whose sizes come from tensor shapes, fused projections sliced at offsets, and a forward that takes another branch for other inputs (needs two example inputs).
 """
 from __future__ import annotations
 
@@ -112,6 +112,33 @@ class ShapeSplitCase(nn.Module):
         return self.b(q * torch.sigmoid(k) + v)
 
 
+class FusedSliceCase(nn.Module):
+    """One linear producing q, k and v, and one producing gate and up, sliced at offsets read from the tensor
+    (``qkv[..., :d]``, ``qkv[..., d:2 * d]``, ``h[..., d:]``); attention by F.scaled_dot_product_attention, heads
+    read from ``view(B, T, -1, head_dim)``. [B, T, 32] -> [B, T, 10]."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, ffn: int = 24):
+        super().__init__()
+        self.head_dim = dim // heads
+        self.inp, self.qkv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.gate_up, self.down = nn.Linear(dim, 2 * ffn), nn.Linear(ffn, dim)
+        self.norm, self.head = nn.RMSNorm(dim), nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        x = self.inp(x)
+        qkv = self.qkv(x)
+        d = qkv.shape[-1] // 3
+        q, k, v = (s.view(b, t, -1, self.head_dim).transpose(1, 2)
+                   for s in (qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
+        x = x + self.out(y)
+        h = self.gate_up(self.norm(x))
+        half = h.shape[-1] // 2
+        x = x + self.down(F.silu(h[..., :half]) * h[..., half:])
+        return self.head(x)
+
+
 class BranchCase(nn.Module):
     """A forward that takes another path for larger images (`big` runs only from 16 pixels up). [B, 3, H, W] ->
     [B, 4, H, W]; pruning it needs an example input per branch (`prunekit.Examples`)."""
@@ -141,6 +168,7 @@ OP_CASES: Dict[str, Tuple[Callable[[], nn.Module], Callable[[int], Any]]] = {
     "op_softmax_attention": (lambda: FunctionalAttention(sdpa=False), _tokens((2, 6, 32))),
     "op_experts_3d_params": (ExpertsCase, _tokens((2, 6, 32))),
     "op_split_from_shape": (ShapeSplitCase, _tokens((2, 3, 8, 8))),
+    "op_fused_slices": (FusedSliceCase, _tokens((2, 6, 32))),
     "op_branch_two_examples": (BranchCase, lambda seed: (_tokens((2, 3, 8, 8))(seed), _tokens((2, 3, 16, 16))(seed))),
 }
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from prunekit.blocks.baselines import magnitude_unstructured  # noqa: E402
 from prunekit.blocks.cost import time_layer  # noqa: E402
 from prunekit.blocks.layout import BlockShape  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
+from prunekit.metrics.latency import median_call_ms  # noqa: E402
 from prunekit.paths import repo_root  # noqa: E402
 
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -254,17 +254,6 @@ def kernel_latency(repeats: int) -> List[Dict[str, Any]]:
     return rows
 
 
-def _median_ms(call, repeats: int) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def latency_budget(task: MiniLMTask, keep: float, repeats: int) -> Dict[str, Any]:
     """Plan MiniLM under a measured-latency budget, convert, and measure layers and the whole encoder."""
     targets, _ = find_targets(task.model, task.block, task.include, task.exclude)
@@ -279,13 +268,13 @@ def latency_budget(task: MiniLMTask, keep: float, repeats: int) -> Dict[str, Any
         for t in targets:
             x = torch.randn(256, t.shape[1])
             dense_layer, pruned_layer = task.model.get_submodule(t.module), model.get_submodule(t.module)
-            dense_ms += _median_ms(lambda: dense_layer(x), repeats)
-            pruned_ms += _median_ms(lambda: pruned_layer(x), repeats)
+            dense_ms += median_call_ms(lambda: dense_layer(x), repeats)
+            pruned_ms += median_call_ms(lambda: pruned_layer(x), repeats)
         batch = task.encode(task.held_out[:64])
         ids = batch["input_ids"][:2, :128] if batch["input_ids"].shape[1] >= 128 else batch["input_ids"][:4]
         mask = torch.ones_like(ids)
-        e2e_dense = _median_ms(lambda: task.model(input_ids=ids, attention_mask=mask), repeats)
-        e2e_pruned = _median_ms(lambda: model(input_ids=ids, attention_mask=mask), repeats)
+        e2e_dense = median_call_ms(lambda: task.model(input_ids=ids, attention_mask=mask), repeats)
+        e2e_pruned = median_call_ms(lambda: model(input_ids=ids, attention_mask=mask), repeats)
     metrics = task.evaluate(model)
     budget_ms = keep * dense_ms
     out = {"keep_fraction": keep, "table_dense_ms": planning.allocation.dense_cost,

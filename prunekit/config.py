@@ -87,20 +87,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise _wrong(key, value, annotation)
-    if annotation is int:
-        if isinstance(value, bool) or isinstance(value, (dict, list, tuple)):
-            raise _wrong(key, value, annotation)
-        if isinstance(value, float) and not value.is_integer():
-            raise _wrong(key, value, annotation)
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise _wrong(key, value, annotation) from None
-    if annotation is float:
+    if annotation in (int, float):
         if isinstance(value, (bool, dict, list, tuple)):
             raise _wrong(key, value, annotation)
+        if annotation is int and isinstance(value, float) and not value.is_integer():  # no silent truncation
+            raise _wrong(key, value, annotation)
         try:
-            return float(value)
+            return annotation(value)
         except (TypeError, ValueError):
             raise _wrong(key, value, annotation) from None
     if annotation is str:

@@ -1,6 +1,7 @@
 """Safe reading and atomic writing of checkpoints. Nothing here unpickles arbitrary objects."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -66,6 +67,24 @@ def load_tensors(path: str | Path) -> Dict[str, torch.Tensor]:
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path} (corrupted or not a checkpoint): {exc}") from None
     return obj
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse the JSON file `path` (an artifact's metadata or index).
+
+    Args:
+        path: the file.
+        what: the module or operation reading it, named in the errors (e.g. ``"dynamic"``).
+    Raises:
+        CheckpointError: the file is missing or is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what}: no {path.name} in {path.parent}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{what}: cannot read {path}, malformed JSON: {exc}") from None
 
 
 def safetensors_metadata(path: str | Path) -> Dict[str, str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -21,23 +19,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from ..metrics.latency import torch_threads
+from ..metrics.latency import median_call_ms, torch_threads
 from ..paths import cache_root
 from .layout import BlockShape, BlockTarget
 from .module import BlockSparseLinear
 
 DENSITIES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)
-
-
-def _median_ms(call, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def time_layer(shape: Tuple[int, int], block: BlockShape, tokens: int, kept_per_row: Sequence[int],
@@ -54,13 +41,13 @@ def time_layer(shape: Tuple[int, int], block: BlockShape, tokens: int, kept_per_
     rows, cols = out // block.rows, inp // block.cols
     result = {"dense": 0.0, "sparse": {}}
     with torch.inference_mode():
-        result["dense"] = _median_ms(lambda: linear(x), 3, repeats)
+        result["dense"] = median_call_ms(lambda: linear(x), 3, repeats)
         for k in kept_per_row:
             keep = torch.zeros(rows, cols, dtype=torch.bool)
             for r in range(rows):
                 keep[r, torch.randperm(cols, generator=gen)[:k]] = True
             module = BlockSparseLinear.from_linear(linear, keep, block)
-            result["sparse"][int(k)] = _median_ms(lambda: module(x), 3, repeats)
+            result["sparse"][int(k)] = median_call_ms(lambda: module(x), 3, repeats)
     return result
 
 

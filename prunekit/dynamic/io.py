@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_text, load_state_dict_strict, load_tensors, save_tensors
+from ..io import atomic_write_text, load_state_dict_strict, load_tensors, read_json, save_tensors
 from .model import DynamicChannelModel, DynamicConfig
 from .sites import MaskSite
 
@@ -41,10 +41,8 @@ def load_dynamic(folder: str | Path, backbone: Optional[nn.Module] = None) -> Dy
     the saved weights (strictly). Returned in eval mode."""
     folder = Path(folder)
     meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"dynamic: no {META_FILE} in {folder}")
+    meta = read_json(meta_path, "dynamic")
     try:
-        meta = json.loads(meta_path.read_text())
         if meta.get("format") != "prunekit.dynamic" or int(meta.get("version", 0)) > FORMAT_VERSION:
             raise CheckpointError(f"dynamic: {meta_path} is not a prunekit dynamic model of version <= "
                                   f"{FORMAT_VERSION}")

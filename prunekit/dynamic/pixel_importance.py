@@ -8,7 +8,7 @@ The paper's exact rule was not retrieved (methods.md section 6: reconstructed). 
 """
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Callable, Iterable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,29 @@ def _batches(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]):
         yield batch[0], batch[1]
 
 
+def _mean_per_image(model: nn.Module, batches: Iterable,
+                    batch_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Mean over all images of the ``[H, W]`` map `batch_sum(images, labels)` sums over a batch, with `model` in
+    eval mode (its mode is restored afterwards).
+
+    Raises:
+        ConfigError: `batches` is empty or not made of ``(images, labels)`` pairs.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = None, 0
+    try:
+        for images, target in _batches(batches):
+            part = batch_sum(images, target)
+            total = part if total is None else total + part
+            count += images.shape[0]
+    finally:
+        model.train(was_training)
+    if total is None:
+        raise ConfigError("pixel importance: no batches given")
+    return total / count
+
+
 def saliency_map(model: nn.Module, batches: Iterable) -> torch.Tensor:
     """Mean absolute input-gradient saliency per pixel position.
 
@@ -36,22 +59,13 @@ def saliency_map(model: nn.Module, batches: Iterable) -> torch.Tensor:
     Returns:
         ``[H, W]`` non-negative importances.
     """
-    was_training = model.training
-    model.eval()
-    total, count = None, 0
-    try:
-        for images, target in _batches(batches):
-            x = images.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(x), target, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
-            part = grad.abs().sum(dim=1).sum(dim=0)
-            total = part if total is None else total + part
-            count += images.shape[0]
-    finally:
-        model.train(was_training)
-    if total is None:
-        raise ConfigError("pixel importance: no batches given")
-    return total / count
+    def batch_saliency(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = images.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        return grad.abs().sum(dim=1).sum(dim=0)
+
+    return _mean_per_image(model, batches, batch_saliency)
 
 
 @torch.no_grad()
@@ -63,26 +77,18 @@ def occlusion_map(model: nn.Module, batches: Iterable) -> torch.Tensor:
     Returns:
         ``[H, W]`` importances (clamped at 0).
     """
-    was_training = model.training
-    model.eval()
-    total, count = None, 0
-    try:
-        for images, target in _batches(batches):
-            base = F.cross_entropy(model(images), target, reduction="sum")
-            h, w = images.shape[-2:]
-            part = torch.zeros(h, w)
-            for i in range(h):
-                for j in range(w):
-                    x = images.clone()
-                    x[:, :, i, j] = 0
-                    part[i, j] = F.cross_entropy(model(x), target, reduction="sum") - base
-            total = part if total is None else total + part
-            count += images.shape[0]
-    finally:
-        model.train(was_training)
-    if total is None:
-        raise ConfigError("pixel importance: no batches given")
-    return (total / count).clamp_min(0)
+    def batch_occlusion(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        base = F.cross_entropy(model(images), target, reduction="sum")
+        h, w = images.shape[-2:]
+        part = torch.zeros(h, w)
+        for i in range(h):
+            for j in range(w):
+                x = images.clone()
+                x[:, :, i, j] = 0
+                part[i, j] = F.cross_entropy(model(x), target, reduction="sum") - base
+        return part
+
+    return _mean_per_image(model, batches, batch_occlusion).clamp_min(0)
 
 
 def pixel_importance(model: nn.Module, batches: Iterable, method: str = "saliency") -> torch.Tensor:

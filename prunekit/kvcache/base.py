@@ -113,6 +113,26 @@ class CompressedLayer(hf_compat.CacheLayerBase):
         """Keep the first `length` tokens (only tokens stored at full width, i.e. added after the prefill, can go)."""
         raise UnsupportedOperationError(f"prunekit.kvcache: a {type(self).__name__} cannot be cropped")
 
+    def _tokens_to_drop(self, length: int, removable: int, layer: str, removable_what: str) -> int:
+        """How many trailing tokens `crop_tokens(length)` removes (0: nothing to do), checked against `removable`.
+
+        Args:
+            length: the token count to keep.
+            removable: how many trailing tokens this layer can remove (those it stores uncompressed).
+            layer: the layer's name in the error, e.g. ``"a ThinK cache layer"``.
+            removable_what: what the removable tokens are, in the error, e.g. ``"kept at full width"``.
+        Raises:
+            UnsupportedOperationError: cropping would remove more than `removable` tokens.
+        """
+        drop = self.length - int(length)
+        if drop <= 0:
+            return 0
+        if drop > removable:
+            raise UnsupportedOperationError(
+                f"prunekit.kvcache: cannot crop {layer} of {self.length} tokens to {length}: only the "
+                f"{removable} tokens {removable_what} can be removed")
+        return drop
+
     def update(self, key_states, value_states, cache_kwargs=None):
         """transformers' attention calls this outside the press context: see `materialize`."""
         return self.materialize(key_states, value_states)
@@ -403,13 +423,9 @@ class SelectedKVLayer(CompressedLayer):
 
     def crop_tokens(self, length: int) -> None:
         s = self.store
-        drop = self.length - int(length)
-        if drop <= 0:
+        drop = self._tokens_to_drop(length, s["k_new"].shape[2], "this cache layer", "kept at full width")
+        if not drop:
             return
-        if drop > s["k_new"].shape[2]:
-            raise UnsupportedOperationError(
-                f"prunekit.kvcache: cannot crop this cache layer of {self.length} tokens to {length}: only the "
-                f"{s['k_new'].shape[2]} tokens kept at full width can be removed")
         keep = s["k_new"].shape[2] - drop
         s["k_new"], s["v_new"] = s["k_new"][:, :, :keep].clone(), s["v_new"][:, :, :keep].clone()
         self.length -= drop

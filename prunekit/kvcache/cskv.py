@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, UnsupportedOperationError
+from ..errors import ConfigError
 from . import hf_compat
 from .base import CompressedLayer, KVPress, storage_nbytes
 from .buffers import TokenBuffer
@@ -459,14 +459,10 @@ class LatentLayer(CompressedLayer):
 
     def crop_tokens(self, length: int) -> None:
         s = self.store
-        drop = self.length - int(length)
-        if drop <= 0:
-            return
         n_win = s["k_win"].shape[2]
-        if drop > n_win:
-            raise UnsupportedOperationError(
-                f"prunekit.kvcache: cannot crop a CSKV cache layer of {self.length} tokens to {length}: only the "
-                f"{n_win} tokens of its full-precision window can be removed")
+        drop = self._tokens_to_drop(length, n_win, "a CSKV cache layer", "of its full-precision window")
+        if not drop:
+            return
         keep = n_win - drop
         s["k_win"], s["v_win"] = s["k_win"][:, :, :keep].clone(), s["v_win"][:, :, :keep].clone()
         for name in ("k_lat_win", "v_lat_win", "pos_win"):

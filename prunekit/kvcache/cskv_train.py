@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_text, load_tensors, save_tensors
+from ..io import atomic_write_text, load_tensors, read_json, save_tensors
 from . import hf_compat
 from .calibration import WEIGHTINGS, collect_attention_inputs
 from .cskv import CSKVFactors, latent_ranks
@@ -348,13 +348,7 @@ def load(folder: str | Path) -> CSKVFactors:
         CheckpointError: missing or malformed files, naming the folder.
     """
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"prunekit.kvcache.cskv_train.load: no {META_FILE} in {folder}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"prunekit.kvcache.cskv_train.load: malformed {meta_path}: {exc}") from None
+    meta = read_json(folder / META_FILE, "prunekit.kvcache.cskv_train.load")
     tensors = load_tensors(folder / FACTORS_FILE)
     layers = []
     for index in range(int(meta.get("num_layers", 0))):

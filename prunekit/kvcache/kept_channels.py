@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UnsupportedOperationError
 from .base import CompressedLayer, gather_channels
 from .buffers import TokenBuffer
 from .hf_compat import AttentionCall
@@ -111,13 +110,9 @@ class KeptChannelLayer(CompressedLayer):
 
     def crop_tokens(self, length: int) -> None:
         s = self.store
-        drop = self.length - int(length)
-        if drop <= 0:
+        drop = self._tokens_to_drop(length, s["k_rest"].length, "a ThinK cache layer", "kept at full width")
+        if not drop:
             return
-        if drop > s["k_rest"].length:
-            raise UnsupportedOperationError(
-                f"prunekit.kvcache: cannot crop a ThinK cache layer of {self.length} tokens to {length}: only the "
-                f"{s['k_rest'].length} tokens kept at full width can be removed")
         for name in ("k_kept", "v", "k_rest"):
             s[name].truncate(s[name].length - drop)
         self.length -= drop

@@ -12,3 +12,5 @@ RECIPES.lazy("slim-cwd", "prunekit.methods.slim_cwd:SlimCWDRecipe",
              "paper 3: sparsity-aware training, BN-scale pruning (global/uniform), channel-wise distillation")
 RECIPES.lazy("ftwt", "prunekit.methods.ftwt:FTWTRecipe",
              "paper 9: per-input channel masks from self-supervised predictors (dynamic pruning)")
+RECIPES.lazy("pagcp", "prunekit.methods.pagcp:PagcpRecipe",
+             "paper 2: rounds of multitask-oracle channel pruning (PAGCP sweep) and fine-tuning")

@@ -214,16 +214,23 @@ class Recipe:
             data["weights_digest"] = self._weights_digest()
         return json.loads(json.dumps(data, sort_keys=True, default=str))
 
-    def run(self) -> Dict[str, Any]:
-        """Run (or resume) every stage; returns the result dict also written to ``<out_dir>/result.json``."""
+    def _start(self) -> Tuple[Path, float]:
+        """Create ``out_dir``; returns it and the start time that `_write` turns into the result's ``seconds``."""
         out = Path(self.config.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        return out, time.perf_counter()
+
+    def _result_head(self, out: Path, status: str, **fields: Any) -> Dict[str, Any]:
+        """The keys every result starts with (recipe, version, fidelity, status, out_dir, config), then `fields`."""
+        return {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity, "status": status,
+                "out_dir": str(out), "config": to_dict(self.config), **fields}
+
+    def run(self) -> Dict[str, Any]:
+        """Run (or resume) every stage; returns the result dict also written to ``<out_dir>/result.json``."""
+        out, started = self._start()
         with _threads(self.config.task.num_threads):
             task = make_task(self.config.task, self.config.seed)
-            result = {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity,
-                      "status": "running", "out_dir": str(out), "config": to_dict(self.config),
-                      "original": self._original(task, out), "stages": {}}
+            result = self._result_head(out, "running", original=self._original(task, out), stages={})
             stages = self.stages()
             folders: Dict[str, Path] = {}
             for i, stage in enumerate(stages):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List
 
-from ..config import to_dict
 from ..dynamic.model import DynamicConfig
 from ..dynamic.train import DynamicTrainConfig
 from .base import Recipe, RecipeConfig, Stage, StageContext, StageOutput, _threads
@@ -95,14 +94,10 @@ class FTWTRecipe(Recipe):
     def run(self) -> Dict[str, Any]:
         """Run (or resume) both stages; returns the result also written to ``<out_dir>/result.json``."""
         cfg = self.config
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        out, started = self._start()
         with _threads(cfg.task.num_threads):
             task = make_task(cfg.task, cfg.seed)
-            result: Dict[str, Any] = {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity,
-                                      "status": "running", "out_dir": str(out), "config": to_dict(cfg),
-                                      "original": self._original(task, out), "stages": {}}
+            result = self._result_head(out, "running", original=self._original(task, out), stages={})
             stages = self.stages()
             folders: Dict[str, Path] = {}
             for i, stage in enumerate(stages):

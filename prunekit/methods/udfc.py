@@ -10,16 +10,11 @@ derivation and where it may differ).
 """
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Dict, List
 
 from ..compensate.udfc import UDFCConfig
-from ..config import to_dict
-from ..io import atomic_write_text
-from .base import RESULT_FILE, Recipe, RecipeConfig, Stage
+from .base import Recipe, RecipeConfig, Stage
 from .task import TaskConfig, make_task
 
 
@@ -51,9 +46,7 @@ class UDFCRecipe(Recipe):
         from .base import _threads
 
         cfg = self.config
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        out, started = self._start()
         with _threads(cfg.task.num_threads):
             task = make_task(cfg.task, cfg.seed)
             model = task.build()
@@ -71,11 +64,9 @@ class UDFCRecipe(Recipe):
 
                 final = prunekit.load(model_dir).eval()
             metrics = task.measure(final)
-        payload = {"recipe": self.name, "version": self.Config.VERSION, "fidelity": self.fidelity,
-                   "status": "complete", "out_dir": str(out), "config": to_dict(cfg), "original": original,
-                   "metric": task.metric, "model_dir": str(model_dir), **metrics,
-                   "macs_keep": metrics["macs"] / original["macs"],
-                   "params_keep": metrics["params"] / original["params"],
-                   "stages": {"compress": result.report}, "seconds": round(time.perf_counter() - started, 2)}
-        atomic_write_text(out / RESULT_FILE, json.dumps(payload, indent=2, default=str))
-        return payload
+        payload = self._result_head(out, "complete", original=original, metric=task.metric,
+                                    model_dir=str(model_dir), **metrics,
+                                    macs_keep=metrics["macs"] / original["macs"],
+                                    params_keep=metrics["params"] / original["params"],
+                                    stages={"compress": result.report})
+        return self._write(out, payload, started)

@@ -63,6 +63,11 @@ def _time_calls(call: Callable[[], Any], warmup: int, repeats: int, sync: Callab
     return times
 
 
+def median_call_ms(call: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of `call()` in ms over `repeats` timed calls after `warmup` untimed ones (CPU: no sync)."""
+    return statistics.median(_time_calls(call, warmup, repeats, lambda: None))
+
+
 def _result(backend: str, times: List[float], warmup: int, threads: int) -> LatencyResult:
     return LatencyResult(backend, statistics.median(times), statistics.fmean(times), min(times), max(times),
                          len(times), warmup, threads)

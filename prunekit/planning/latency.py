@@ -149,26 +149,13 @@ def _describe(name: str, module: nn.Module, input_shape: Tuple[int, ...], output
 # ----------------------------------------------------------------------------------------------------- timing
 def _median_ms(call: Callable[[], Any], sync: Callable[[], None], repeats: int, min_sample_s: float = 1e-3) -> float:
     """Median time of `call` in ms: warm-up, then `repeats` samples of enough calls to last `min_sample_s`."""
-    for _ in range(2):
-        call()
-    sync()
-    start = time.perf_counter()
-    call()
-    sync()
-    inner = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-7)))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            call()
-        sync()
-        samples.append((time.perf_counter() - start) / inner * 1000.0)
-    return statistics.median(samples)
+    return _interleaved_ms([call], sync, repeats, min_sample_s)[0]
 
 
 def _interleaved_ms(calls: Sequence[Callable[[], Any]], sync: Callable[[], None], repeats: int,
                     min_sample_s: float = 1e-3) -> List[float]:
-    """Median ms of each call over `repeats` alternating rounds (one sample of each call per round)."""
+    """Median ms of each call over `repeats` alternating rounds (one sample of each call per round); each sample
+    times enough back-to-back calls to last `min_sample_s`, after a warm-up."""
     inner = []
     for call in calls:
         for _ in range(2):

@@ -1,27 +1,15 @@
 """The PDP benchmark's summary and targets: PDP - GMP on ResNet-56, mask checks, unmeasured targets left open."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from ._bench_module import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("pdp_bench_under_test", BENCH / "pdp.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
+    with bench_module("pdp.py", "pdp_bench_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop("pdp_bench_under_test", None)
-        sys.path.remove(str(BENCH))
 
 
 def row(model, pattern, method, score, seed=0, **extra):

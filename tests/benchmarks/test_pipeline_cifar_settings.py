@@ -1,28 +1,18 @@
 """The CIFAR pipeline benchmark's --sparsity-scale scales every arm's sparsity strength by the same factor."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from prunekit.methods.slim_cwd import SlimSparseConfig
 from prunekit.methods.stages import SparseStageConfig
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from ._bench_module import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("pipeline_cifar_under_test", BENCH / "pipeline_cifar.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with bench_module("pipeline_cifar.py", "pipeline_cifar_under_test") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 @pytest.fixture(scope="module")

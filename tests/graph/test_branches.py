@@ -1,27 +1,16 @@
 """Code the trace did not run: untraced modules refuse the groups that may reach them; several example inputs
 trace every branch, and verification runs on each of them (and on held-out inputs)."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from torch import nn
 
 import prunekit
 from prunekit.errors import ConfigError
 
-
-class Branchy(nn.Module):
-    """A forward that takes another path for larger images: `big` runs only on inputs of 16 pixels or more."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.big = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
-        self.small = nn.Conv2d(16, 16, 1)
-        self.head = nn.Conv2d(16, 4, 1)
-
-    def forward(self, x):
-        y = torch.relu(self.stem(x))
-        y = self.big(y) if x.shape[-1] >= 16 else self.small(y)
-        return self.head(torch.relu(y))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from _zoo_op_cases import BranchCase as Branchy  # noqa: E402  (`big` runs only on inputs of 16 pixels or more)
 
 
 def _inputs():

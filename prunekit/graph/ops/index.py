@@ -8,6 +8,7 @@ from ..labels import CONST, compress, expand_dims
 from . import register_op
 from .params import track_getitem
 from ..sizes import follows_tensor
+from .slices import slice_refusal, tie_slice_segments
 
 
 def _dim(args, kwargs, pos, default=0):
@@ -119,7 +120,11 @@ def getitem(state, func, name, args, kwargs, out):
     dims = _indexed_dims(x, items)
     for d, it in dims:
         if lab.dim() > d and lab.shape[d] > 1 and not (isinstance(it, slice) and _is_full(it, x.shape[d])):
-            state.uf.pin(lab, f"indexing a channel dim with a constant by {state.where('[]')}")
+            if isinstance(it, slice) and tie_slice_segments(state, lab, d, it, x.shape[d]):
+                continue  # a sub-range whose offsets follow the pruned width: its labels are the sub-range's
+            reason = slice_refusal(state, lab, d, it, x.shape[d]) if isinstance(it, slice) else \
+                f"indexing a channel dim with a constant by {state.where('[]')}"
+            state.uf.pin(lab, reason)
             state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))
             return
     full = expand_dims(lab, x.shape, [d for d, _ in dims if d < lab.dim() and lab.shape[d] == 1 and x.shape[d] > 1])

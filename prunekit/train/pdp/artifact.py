@@ -128,18 +128,16 @@ class MaskSet:
     @classmethod
     def load(cls, folder: str | Path) -> "MaskSet":
         """Read what `save` wrote; a missing, malformed or inconsistent file raises `CheckpointError`."""
-        from ...io import load_tensors
+        from ...io import load_tensors, read_json
 
         folder = Path(folder)
         path = folder / INDEX_FILE
-        if not path.exists():
-            raise CheckpointError(f"mask index not found: {path}")
+        index = read_json(path, "pdp.MaskSet.load")
         try:
-            index = json.loads(path.read_text())
             if index.get("version", 0) > MASKS_VERSION:
                 raise CheckpointError(f"{path}: mask version {index['version']} is newer than this prunekit reads")
             entries = {k: MaskEntry(**{**v, "shape": tuple(v["shape"])}) for k, v in index["entries"].items()}
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: malformed mask index ({exc})") from None
         packed = load_tensors(folder / TENSOR_FILE)
         missing = set(entries) - set(packed)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .masks import cubic, hard_keep, midpoint_threshold, prune_count, ramp
+from .masks import cubic_update, hard_keep, midpoint_threshold, prune_count, ramp
 
 Slice = Tuple[str, int, torch.Tensor]  # (group id, dim, index_map [C, k])
 
@@ -297,12 +297,9 @@ class ChannelGMP(ChannelSparsifier):
 
     def set_step(self, model: nn.Module, step: int) -> None:
         self.step = step
-        start, length = self.warmup_steps, self.ramp_steps
-        if step < start or step > start + length:
+        f = cubic_update(step, self.warmup_steps, self.ramp_steps, self.config.update_every)
+        if f is None:
             return
-        if (step - start) % self.config.update_every and step != start + length:
-            return
-        f = cubic(step, start, length)
         with torch.no_grad():
             scores = self.hard_scores(model)
         self.hard = {}

@@ -16,7 +16,7 @@ from torch import nn
 from .artifact import FrozenMask
 from .base import ElementSparsifier
 from .config import GMPConfig
-from .masks import cubic, hard_keep, prune_count
+from .masks import cubic_update, hard_keep, prune_count
 from .targets import Target, from_groups, to_groups
 
 
@@ -38,12 +38,9 @@ class GMPSparsifier(ElementSparsifier):
 
     def set_step(self, model: nn.Module, step: int) -> None:
         self.step = step
-        start, length = self.warmup_steps, self.ramp_steps
-        if step < start or step > start + length:
-            return
-        if (step - start) % self.config.update_every and step != start + length:
-            return
-        self.update(model, cubic(step, start, length))
+        f = cubic_update(step, self.warmup_steps, self.ramp_steps, self.config.update_every)
+        if f is not None:
+            self.update(model, f)
 
     @torch.no_grad()
     def update(self, model: nn.Module, fraction: float) -> None:

@@ -6,7 +6,7 @@ of M consecutive weights along the input dimension; the channel variant uses one
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -119,4 +119,15 @@ def cubic(step: int, start: int, length: int) -> float:
         return 1.0
     x = min(1.0, (step - start) / length)
     return 1.0 - (1.0 - x) ** 3
+
+
+def cubic_update(step: int, start: int, length: int, every: int) -> Optional[float]:
+    """Gradual magnitude pruning's update rule: the `cubic` fraction at `step` if the hard masks are recomputed then
+    (every `every` steps from `start`, and at the ramp's last step ``start + length``), else None (outside the ramp
+    or between updates: the masks stay as they are)."""
+    if step < start or step > start + length:
+        return None
+    if (step - start) % every and step != start + length:
+        return None
+    return cubic(step, start, length)
 
