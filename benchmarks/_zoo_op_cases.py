@@ -2,7 +2,8 @@
 tests/graph/test_ops.py and tests/graph/test_branches.py): einsum, pixel shuffle / unshuffle, functional attention
 (scaled_dot_product_attention and hand-written softmax attention, multi-head and grouped-query, projections not named
 q_proj/k_proj/v_proj), mixture-of-experts with experts kept as 3-D parameters (used through F.linear and bmm), splits
-whose sizes come from tensor shapes, fused projections sliced at offsets, and a forward that takes another branch for other inputs (needs two example inputs).
+whose sizes come from tensor shapes, fused projections sliced at offsets, and a forward that takes another branch
+for other inputs (needs two example inputs).
 """
 from __future__ import annotations
 

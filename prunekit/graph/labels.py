@@ -181,6 +181,11 @@ def reshape_labels(uf: UnionFind, labels: torch.Tensor, in_shape: Sequence[int],
         split_labelled = (o1 - o0) > 1 and any(out_lab.shape[d] > 1 for d in range(o0, o1))
         if split_labelled and (i1 - i0) == 1:
             _split_constraint(uf, out_lab, o0, o1, outer_adaptive)
+        elif (i1 - i0) == 1 and (o1 - o0) == 1 and out_lab.shape[o0] > 1 and outer_adaptive is not None \
+                and o0 not in outer_adaptive:
+            # a labelled dim kept whole at a size written in the code (``view(b, g, c // g, ...)`` with g == c):
+            # the pruned model would ask for the old size, so its channels must stay
+            uf.pin(out_lab[out_lab >= 0], f"reshape to a size fixed in the code at {where}")
     return compress(out_lab)
 
 

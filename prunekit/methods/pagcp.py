@@ -30,7 +30,6 @@ fine-tuning between rounds.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -178,7 +177,6 @@ class PagcpPruneConfig:
         need(self.held_out_images >= 1 and self.held_out_batch >= 1, s,
              "held_out_images and held_out_batch must be >= 1")
         try:
-            self.allocator_options()
             PagcpConfig(**self.allocator_options())
         except ConfigError as exc:
             raise ConfigError(f"{s}: {exc}") from None
@@ -241,6 +239,24 @@ class PagcpRecipe(Recipe):
             data["stage"] = self.stages()[upto].name
         return data
 
+    def run(self) -> Dict[str, Any]:
+        """`Recipe.run`, plus every task's accuracy (``accuracy_<task>``) of the final model in the result."""
+        from .base import RESULT_FILE
+
+        from ..models import info
+        from .task import registry_name
+
+        kind = info(registry_name(self.config.task.model)).task
+        if kind != "classification":
+            raise ConfigError(f"recipe pagcp: task.model '{self.config.task.model}' is a {kind} model; the recipe "
+                              f"runs on image classifiers (single- or multi-head) so far")
+        result = super().run()
+        if result["status"] == "complete":
+            last = result["stages"][self.stages()[-1].name]
+            result.update({k: v for k, v in last.items() if k.startswith("accuracy_")})
+            atomic_write_text(Path(result["out_dir"]) / RESULT_FILE, json.dumps(result, indent=2, default=str))
+        return result
+
     def _original(self, task, out: Path) -> Dict[str, Any]:
         """Params / MACs of the unpruned model, plus (``task.eval_original``) every task's accuracy and latency."""
         key = self.fingerprint(-1) + str(self.config.task.eval_original)
@@ -261,7 +277,7 @@ class PagcpRecipe(Recipe):
         names = self.config.prune.tasks or default_tasks(model, task.example_inputs(1))
         return {n: TASK_HEADS[n].loss for n in names}
 
-    def _previous(self, ctx: StageContext, r: int, kind: str) -> Optional[str]:
+    def _previous(self, r: int, kind: str) -> Optional[str]:
         """Name of the stage before this one (None for the first stage)."""
         names = [s.name for s in self.stages()]
         i = names.index(f"{kind}{r}")
@@ -345,7 +361,7 @@ class PagcpRecipe(Recipe):
         from ..metrics.macs import count_macs
 
         cfg, task = self.config.prune, ctx.task
-        previous = self._previous(ctx, r, "prune")
+        previous = self._previous(r, "prune")
         model = self._input_model(ctx, previous)
         before = ctx.plan(previous) if previous is not None else None
         example = task.example_inputs(1)
@@ -422,8 +438,8 @@ def _composed(task, model: nn.Module, before, step):
 
     first = before or step
     sizes = dict(first.group_sizes)
-    kept = {gid: [i for i in range(n) if i not in set(first.removed.get(gid, ()))] if before else list(range(n))
-            for gid, n in sizes.items()}
+    gone = {gid: set(idx) for gid, idx in before.removed.items()} if before else {}
+    kept = {gid: [i for i in range(n) if i not in gone.get(gid, ())] for gid, n in sizes.items()}
     compose(sizes, kept, step)
     removed = {gid: sorted(set(range(sizes[gid])) - set(kept[gid])) for gid in sizes}
     provenance = dict(step.provenance)

@@ -13,7 +13,9 @@ channel is correct exactly when the pruned model computes what that copy compute
 """
 from __future__ import annotations
 
+import collections
 import copy
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -37,19 +39,35 @@ class CaseResult:
 
     Attributes:
         outcome: one of `OUTCOMES`.
-        groups / refused_groups: channel groups the analysis found, and how many of them it refused.
+        groups: channel groups the analysis found.
+        refused_groups: groups left unpruned because of an operation: the refused ones (but those only refused
+            for being the model's output) plus inexact groups, which planning refuses unless ``allow_inexact``.
+        output_groups: groups refused only because they are the model's output width (its interface).
         pruned_groups: groups the plan removed units from.
         relative_error: max |pruned - masked| / max |masked| over held-out inputs (None when not compared).
-        detail: the error message (refused / crash) or the refused groups' reasons.
+        detail: the error message (refused / crash, or why the check failed).
+        reasons: refused groups per refusal reason, with module names and sizes blanked (`reason_kind`).
     """
 
     outcome: str
     groups: int = 0
     refused_groups: int = 0
+    output_groups: int = 0
     pruned_groups: int = 0
     relative_error: Optional[float] = None
     detail: str = ""
-    reasons: List[str] = field(default_factory=list)
+    reasons: Dict[str, int] = field(default_factory=dict)
+
+
+def reason_kind(reason: str) -> str:
+    """A refusal reason with its module names and sizes blanked, so that reasons of one kind count together."""
+    reason = re.sub(r"\[[^\]]*\]", "[..]", reason)
+    reason = re.sub(r" (in |at )?module '[^']*'", "", reason)
+    return re.sub(r"(LayerNorm|GroupNorm|BatchNorm\w*|conv|Linear) '[^']*'", r"\1 '..'", reason)
+
+
+def _only_model_output(group) -> bool:
+    return bool(group.reasons) and all(r.startswith("it is part of the model's output") for r in group.reasons)
 
 
 def masked_original(model: nn.Module, groups, removed: Dict[str, List[int]]) -> nn.Module:
@@ -85,15 +103,26 @@ def relative_error(pruned: nn.Module, reference: nn.Module, batches: List[Tuple[
 
 def run_case(spec: ModelSpec, ratio: float, criterion: str, allocator: str, tolerance: float = 1e-4,
              held_out: int = 2) -> CaseResult:
-    """Plan, prune (without the engine's own verification) and check one generated model."""
+    """Plan, prune (without the engine's own verification) and check one generated model on `held_out` fresh
+    random batches [3, 3, 8, 8] per input (rounded up to pairs: a batch and its negation)."""
     model, inputs = build(spec)
+    if any(block.kind == "branch" for block in spec.blocks):
+        # data-dependent paths: trace one batch per path, as a user must (negated images flip the path taken)
+        inputs = prunekit.Examples([inputs, tuple(-x for x in inputs)])
     gen = torch.Generator().manual_seed(spec.seed + 1)
-    batches = [random_inputs(spec, 3, gen) for _ in range(held_out)]
+    batches = []
+    for _ in range(max(1, held_out // 2)):  # each batch and its negation: both paths of a data-dependent branch
+        batch = random_inputs(spec, 3, gen)
+        batches += [batch, tuple(-x for x in batch)]
     try:
         analysis = prunekit.analyze(model, inputs)
-        refused = analysis.refused()
+        outputs = [g for g in analysis.refused() if _only_model_output(g)]
+        refused = [g for g in analysis.refused() if not _only_model_output(g)]
+        refused += [g for g in analysis.groups if g.prunable and not g.exact]
         result = CaseResult("ok", groups=len(analysis.groups), refused_groups=len(refused),
-                            reasons=sorted({r for g in refused for r in g.reasons}))
+                            output_groups=len(outputs),
+                            reasons=dict(collections.Counter(reason_kind(g.reasons[0]) if g.reasons
+                                                             else "inexact" for g in refused)))
         plan = prunekit.plan(model, inputs, ratio=ratio, criterion=criterion, allocator=allocator)
         pruned = prunekit.apply(model, plan, inputs, verify=False)
     except PrunekitError as exc:

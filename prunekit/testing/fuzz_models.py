@@ -3,10 +3,13 @@
 A model is described by a `ModelSpec` (plain data, printable, so a failing example is easy to minimise and keep)
 and built by `FuzzNet`. Each input image [B, 3, H, W] takes its own stem branch; the branches are joined by add or
 cat, then a random chain of blocks runs on the feature map [B, C, H, W]: convolutions (plain, grouped, depthwise),
-BatchNorm, GroupNorm, residual adds, squeeze-excitation (mul broadcast over H, W), gating (mul), cat of two
+BatchNorm, GroupNorm, residual adds, squeeze-excitation (mul broadcast over H, W), gating (mul), a per-channel scale
+parameter [1, C, 1, 1] (mul broadcast over batch and space), cat of two
 branches, chunk / split into branches, split halves added or multiplied, channel shuffle, a permute to channels-last
-around a Linear. The head is a flatten of a pooled map into a Linear, or a token view [B, N, C] through a multi-head
-attention block (separate q/k/v/o projections, LayerNorm over the tokens' features) averaged into a Linear.
+around a Linear, and a branch that takes one of two convolutions depending on the input (Python control flow on
+the data, so one trace sees only one path). The head is a flatten of a pooled map into a Linear, or a token view
+[B, N, C] through a multi-head attention block (separate q/k/v/o projections, a residual add, optionally a LayerNorm
+over the tokens' features) averaged into a Linear.
 
     from hypothesis import given
     from prunekit.testing.fuzz_models import model_specs, build
@@ -17,7 +20,7 @@ attention block (separate q/k/v/o projections, LayerNorm over the tokens' featur
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
@@ -45,7 +48,8 @@ class ModelSpec:
         stems: output width of each input's stem conv (one input per entry).
         join: ``"add"`` or ``"cat"``: how the input branches meet (add needs equal widths).
         blocks: the chain on the joined feature map.
-        head: ``("flatten", pool)`` or ``("attention", heads, head_dim)``.
+        head: ``("flatten", pool)`` or ``("attention", heads, head_dim, layernorm)``: layernorm 1 puts a
+            LayerNorm over the token features before the average (its channels are then an inexact group).
         classes: output width.
     """
 
@@ -62,9 +66,9 @@ def _divisors(n: int) -> List[int]:
 
 
 @st.composite
-def _block(draw, width: int) -> Tuple[Block, int]:
-    """One block valid on a `width`-channel map and the width it leaves."""
-    kinds = ["conv", "conv_bn", "dwconv", "bn", "residual", "se", "gate", "cat", "permute_linear"]
+def _block(draw, width: int, full_shuffle: bool = True) -> Tuple[Block, int]:
+    """One block valid on a `width`-channel map and the width it leaves (see `model_specs` for `full_shuffle`)."""
+    kinds = ["conv", "conv_bn", "dwconv", "bn", "residual", "se", "gate", "scale", "cat", "permute_linear", "branch"]
     if width % 2 == 0:
         kinds += ["chunk", "split_add", "split_mul", "gconv", "gn", "shuffle"]
     kind = draw(st.sampled_from(kinds))
@@ -80,7 +84,8 @@ def _block(draw, width: int) -> Tuple[Block, int]:
     if kind == "gn":
         return Block(kind, (draw(st.sampled_from(_divisors(width))),)), width
     if kind == "shuffle":
-        return Block(kind, (draw(st.sampled_from(_divisors(width))),)), width
+        groups = [d for d in _divisors(width) if full_shuffle or d < width] or [2]
+        return Block(kind, (draw(st.sampled_from(groups)),)), width
     if kind == "residual":
         return Block(kind, (draw(st.sampled_from(WIDTHS)),)), width
     if kind == "se":
@@ -88,7 +93,7 @@ def _block(draw, width: int) -> Tuple[Block, int]:
     if kind == "cat":
         a, b = draw(st.sampled_from(WIDTHS)), draw(st.sampled_from(WIDTHS))
         return Block(kind, (a, b)), a + b
-    if kind == "permute_linear":
+    if kind in ("permute_linear", "branch"):
         out = draw(st.sampled_from(WIDTHS))
         return Block(kind, (out,)), out
     if kind == "chunk":  # torch.split into two unequal parts, each through its own 1x1 conv, then cat
@@ -97,12 +102,18 @@ def _block(draw, width: int) -> Tuple[Block, int]:
         return Block(kind, (first, a, b)), a + b
     if kind in ("split_add", "split_mul"):
         return Block(kind), width // 2
-    return Block(kind), width  # bn, gate
+    return Block(kind), width  # bn, gate, scale
 
 
 @st.composite
-def model_specs(draw, max_blocks: int = 5, max_inputs: int = 2) -> ModelSpec:
-    """Hypothesis strategy of `ModelSpec`s."""
+def model_specs(draw, max_blocks: int = 5, max_inputs: int = 2, full_shuffle: bool = True) -> ModelSpec:
+    """Hypothesis strategy of `ModelSpec`s.
+
+    Args:
+        max_blocks / max_inputs: upper bounds on the chain length and on the number of inputs (stem branches).
+        full_shuffle: allow a channel shuffle into as many groups as channels (one channel per group), which the
+            engine must refuse (tests/fuzz/test_fuzz_regressions.py).
+    """
     n_inputs = draw(st.integers(1, max_inputs))
     join = draw(st.sampled_from(["add", "cat"])) if n_inputs > 1 else "add"
     if join == "add":
@@ -113,12 +124,12 @@ def model_specs(draw, max_blocks: int = 5, max_inputs: int = 2) -> ModelSpec:
         width = sum(stems)
     blocks = []
     for _ in range(draw(st.integers(1, max_blocks))):
-        block, width = draw(_block(width))
+        block, width = draw(_block(width, full_shuffle))
         blocks.append(block)
     if draw(st.booleans()):
         head = ("flatten", draw(st.sampled_from([1, 2])))
     else:
-        head = ("attention", draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([2, 4])))
+        head = ("attention", draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([2, 4])), int(draw(st.booleans())))
     return ModelSpec(stems, join, tuple(blocks), head, seed=draw(st.integers(0, 2 ** 16)))
 
 
@@ -169,15 +180,22 @@ class FuzzBlock(nn.Module):
             self.fc1, self.fc2 = _conv(width, a[0]), _conv(a[0], width)
         elif kind == "gate":
             self.conv = _conv(width, width)
+        elif kind == "scale":  # a layer-scale style parameter [1, C, 1, 1]
+            self.gamma = nn.Parameter(torch.ones(1, width, 1, 1))
         elif kind == "cat":
             self.left, self.right = _conv(width, a[0], 3), _conv(width, a[1])
         elif kind == "permute_linear":
             self.linear = nn.Linear(width, a[0])
+        elif kind == "branch":  # which conv runs depends on the input (data-dependent Python control flow)
+            self.left, self.right = _conv(width, a[0], 3), _conv(width, a[0])
         elif kind == "chunk":
             self.left, self.right = _conv(a[0], a[1]), _conv(width - a[0], a[2])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, C', H, W]; `flip` picks the second path of a ``branch`` block."""
         kind, a = self.kind, self.args
+        if kind == "branch":
+            return self.right(x) if flip else self.left(x)
         if kind in ("conv", "conv_bn"):
             y = self.conv(x)
             return F.relu(self.bn(y)) if kind == "conv_bn" else y
@@ -192,6 +210,8 @@ class FuzzBlock(nn.Module):
             return x * s
         if kind == "gate":
             return x * torch.sigmoid(self.conv(x))
+        if kind == "scale":
+            return x * self.gamma
         if kind == "cat":
             return torch.cat([self.left(x), self.right(x)], dim=1)
         if kind == "permute_linear":
@@ -228,14 +248,15 @@ class FuzzNet(nn.Module):
             self.fc = nn.Linear(width * spec.head[1] ** 2, spec.classes)
         else:
             self.attn = Attention(width, spec.head[1], spec.head[2])
-            self.norm = nn.LayerNorm(width)
+            self.norm = nn.LayerNorm(width) if len(spec.head) > 3 and spec.head[3] else nn.Identity()
             self.fc = nn.Linear(width, spec.classes)
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
         feats = [F.relu(stem(x)) for stem, x in zip(self.stems, images)]
         x = sum(feats[1:], feats[0]) if self.spec.join == "add" else torch.cat(feats, dim=1)
+        flip = bool(images[0].mean() > 0)  # per input: a sign, either way about half the time
         for block in self.blocks:
-            x = block(x)
+            x = block(x, flip)
         if self.spec.head[0] == "flatten":
             return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, self.spec.head[1]), 1))
         tokens = x.flatten(2).transpose(1, 2)  # [B, H*W, C]
@@ -245,7 +266,7 @@ class FuzzNet(nn.Module):
 
 def _width_after(block: Block, width: int) -> int:
     kind, a = block.kind, block.args
-    if kind in ("conv", "conv_bn", "gconv", "permute_linear"):
+    if kind in ("conv", "conv_bn", "gconv", "permute_linear", "branch"):
         return a[0]
     if kind in ("cat",):
         return a[0] + a[1]

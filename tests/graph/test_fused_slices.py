@@ -61,5 +61,29 @@ def test_offsets_fixed_in_the_code_are_refused_even_on_whole_heads():
     an = prunekit.analyze(_OffsetAttention(shift=0).eval(), x)
     group = an.group("qkv")
     assert not group.prunable
-    assert any("slice [:32]" in r and "fixed in the code" in r and "module 'qkv'" in r for r in group.reasons), \
+    assert any("slice [0:32]" in r and "fixed in the code" in r and "module 'qkv'" in r for r in group.reasons), \
         group.reasons
+
+
+class _NarrowGateUp(nn.Module):
+    """gate and up fused, split with narrow at offsets from the tensor (`follow`) or literals."""
+
+    def __init__(self, follow: bool):
+        super().__init__()
+        self.follow, self.gate_up, self.down = follow, nn.Linear(8, 32), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.gate_up(x)
+        d = h.shape[-1] // 2 if self.follow else 16
+        return self.down(F.silu(h.narrow(-1, 0, d)) * h.narrow(-1, d, d))
+
+
+def test_narrow_is_a_slice_pruned_in_halves_or_refused():
+    x, held_out = torch.randn(3, 8), torch.randn(2, 8)
+    model = _NarrowGateUp(follow=True).eval()
+    an = prunekit.analyze(model, x)
+    assert an.group("gate_up").prunable and an.group("gate_up").size == 16
+    pruned = prunekit.apply(model, prunekit.plan(model, x, ratio=0.5, analysis=an), x, held_out=held_out)
+    assert pruned.prunekit_verification.passed and pruned.gate_up.out_features == 16
+    fixed = prunekit.analyze(_NarrowGateUp(follow=False).eval(), x).group("gate_up")
+    assert not fixed.prunable and "slice [0:16]" in fixed.reasons[0] and "'narrow'" in fixed.reasons[0]

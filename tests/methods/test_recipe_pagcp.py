@@ -13,7 +13,7 @@ from prunekit.methods.pagcp import LOG_FILE
 
 TINY = ["task.train_subset=128", "task.test_limit=64", "task.batch_size=16", "task.eval_batch_size=64",
         "task.latency_repeats=2", "task.num_threads=1", "prune.ratio_steps=3", "prune.held_out_images=32",
-        "prune.held_out_batch=32", "prune.progress=false", "finetune.steps=2"]
+        "prune.held_out_batch=32", "prune.progress=false", "finetune.steps=2", "task.eval_original=false"]
 
 
 def test_pagcp_rounds_prune_log_resume_and_refuse(tmp_path):
@@ -50,7 +50,7 @@ def test_pagcp_rounds_prune_log_resume_and_refuse(tmp_path):
 def test_pagcp_single_task_on_plain_classifier(tmp_path):
     cls = RECIPES.get("pagcp")
     result = cls.from_file(None, TINY + [f"out_dir={tmp_path}", "task.model=cifar_resnet20", "rounds.count=1",
-                                         "prune.keep_macs=null", "task.eval_original=false"]).run()
+                                         "prune.keep_macs=null"]).run()
     log = result["stages"]["prune1"]["pagcp_log"]
     assert log["tasks"] == ["class"] and result["macs_keep"] < 1.0
     assert "accuracy_vehicle" not in result and 0 <= result["accuracy"] <= 1

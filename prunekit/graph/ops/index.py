@@ -158,6 +158,17 @@ def narrow(state, func, name, args, kwargs, out):
     x = args[0]
     d = _dim(args, kwargs, 1) % x.dim()
     lab = _units(state, state.get(x))
+    if lab.shape[d] > 1 and name == "narrow":  # narrow(x, d, start, length) is the slice x[..., start:start + length]
+        start = args[2] if len(args) > 2 else kwargs["start"]
+        length = args[3] if len(args) > 3 else kwargs["length"]
+        it = slice(start, start + length) if isinstance(start, int) and isinstance(length, int) else None
+        if it is not None and tie_slice_segments(state, lab, d, it, x.shape[d]):
+            state.set(out, compress(expand_dims(lab, x.shape, [d]).narrow(d, start, length)))
+            return
+        if it is not None:
+            state.uf.pin(lab, slice_refusal(state, lab, d, it, x.shape[d], name))
+            state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))
+            return
     if lab.shape[d] > 1:
         state.uf.pin(lab, f"selecting fixed positions of a channel dim by {state.where(name)}")
         state.set(out, torch.full((1,) * out.dim(), CONST, dtype=torch.long))

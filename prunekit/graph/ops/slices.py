@@ -5,9 +5,9 @@ sub-range. The pruned model slices at the same place in its code, so the slice s
 with the pruned width:
 
 * offsets read from the tensor (``d = h.shape[-1] // 2``; a `ShapeInt`) that cut the dim into ``m`` equal segments
-  (halves, thirds, quarters: q, k and v of grouped-query heads 2:1:1): every segment is removed in lockstep, so each offset lands at the same fraction of the pruned
-  width. Each slice keeps its own sub-range; consumers couple them further (heads through the attention rule,
-  ``silu(gate) * up`` element-wise);
+  (halves, thirds, quarters: q, k and v of grouped-query heads 2:1:1): every segment is removed in lockstep, so
+  each offset lands at the same fraction of the pruned width. Each slice keeps its own sub-range; consumers couple
+  them further (heads through the attention rule, ``silu(gate) * up`` element-wise);
 * offsets written in the code or read from a config (``qkv[..., :self.q_size]``): the pruned model would slice at the
   old offset, so the channels are refused, with a reason naming the producing module and the offsets.
 """
@@ -76,7 +76,7 @@ def producer_modules(state, lab: torch.Tensor) -> List[str]:
     return names
 
 
-def slice_refusal(state, lab: torch.Tensor, d: int, it: slice, size: int) -> str:
+def slice_refusal(state, lab: torch.Tensor, d: int, it: slice, size: int, op: str = "[]") -> str:
     """Why a slice of a channel dim is refused, naming the producing module and the offsets."""
     producers = producer_modules(state, lab)
     source = f"the output of module '{producers[0]}'" if producers else "a channel dim"
@@ -88,5 +88,5 @@ def slice_refusal(state, lab: torch.Tensor, d: int, it: slice, size: int) -> str
         why = f"its offsets cut the {size} positions into more than {MAX_SEGMENTS} equal segments"
     else:
         why = "the offsets are fixed in the code (a pruned width would move them)"
-    return (f"slice [{start}:{stop}{step}] of {source} (dim of size {size}) by {state.where('[]')}: {why}; "
+    return (f"slice [{start}:{stop}{step}] of {source} (dim of size {size}) by {state.where(op)}: {why}; "
             f"read the offsets from the tensor (``d = x.shape[-1] // 2``) to prune per slice")
