@@ -67,7 +67,7 @@ def test_refused_configs_exit_1_naming_the_key_before_any_work(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_latency_budget_from_the_command_line(tmp_path, monkeypatch):
+def test_latency_budget_from_the_command_line(tmp_path, monkeypatch, synthetic_timings):
     from prunekit import paths
 
     monkeypatch.setenv(paths.CACHE_ENV_VAR, str(tmp_path / "cache"))

@@ -71,7 +71,7 @@ def test_latency_cost_falls_with_removed_channels(tmp_path):
     assert most <= half <= full
 
 
-def test_latency_budget_plans_to_its_predicted_fraction(tmp_path, monkeypatch):
+def test_latency_budget_plans_to_its_predicted_fraction(tmp_path, monkeypatch, synthetic_timings):
     from prunekit import paths
 
     monkeypatch.setenv(paths.CACHE_ENV_VAR, str(tmp_path))  # the default latency cache goes under tmp_path
