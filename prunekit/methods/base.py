@@ -283,10 +283,13 @@ class Recipe:
             cached = json.loads(path.read_text())
             if cached.get("key") == key:
                 return cached["metrics"]
-        model = task.build()
-        metrics = task.measure(model) if self.config.task.eval_original else task.cost(model)
+        metrics = self._original_metrics(task, task.build())
         atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=2))
         return metrics
+
+    def _original_metrics(self, task: ImageTask, model: nn.Module) -> Dict[str, Any]:
+        """What `_original` records of the unpruned model (a recipe with other metrics overrides this)."""
+        return task.measure(model) if self.config.task.eval_original else task.cost(model)
 
 
 class SparsePruneFinetuneRecipe(Recipe):

@@ -257,19 +257,11 @@ class PagcpRecipe(Recipe):
             atomic_write_text(Path(result["out_dir"]) / RESULT_FILE, json.dumps(result, indent=2, default=str))
         return result
 
-    def _original(self, task, out: Path) -> Dict[str, Any]:
+    def _original_metrics(self, task, model: nn.Module) -> Dict[str, Any]:
         """Params / MACs of the unpruned model, plus (``task.eval_original``) every task's accuracy and latency."""
-        key = self.fingerprint(-1) + str(self.config.task.eval_original)
-        path = out / "original.json"
-        if path.exists():
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached["metrics"]
-        model = task.build()
         metrics = task.cost(model)
         if self.config.task.eval_original:
             metrics.update(self._scores(task, model), latency_ms=task.latency_ms(model))
-        atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=2))
         return metrics
 
     # ------------------------------------------------------------------------------------------------ helpers
