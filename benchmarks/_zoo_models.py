@@ -111,7 +111,8 @@ def zoo() -> List[Entry]:
 
 
 # Hugging Face families whose attention or experts the engine reads through their operations (fused 3-D expert
-# parameters, q_lin/k_lin/v_lin projections, fused qkv / gate-up projections sliced at offsets), from small configs.
+# parameters, q_lin/k_lin/v_lin projections, fused qkv / gate-up projections sliced at offsets or reshaped with head
+# counts read from attributes and configs), from small configs.
 HF_EXTRA = {
     "hf_tiny_mixtral": ("hf_llm", "MixtralForCausalLM", dict(
         hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
@@ -129,6 +130,10 @@ HF_EXTRA = {
         pad_token_id=0)),
     "hf_tiny_gpt_neox": ("hf_generic", "GPTNeoXForCausalLM", dict(
         hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2)),
+    # fused qkv reshaped with ``view(b, t, self.num_heads, 3, self.head_dim)``: head counts read from attributes
+    "hf_tiny_falcon": ("hf_generic", "FalconForCausalLM", dict(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=2, multi_query=False,
+        new_decoder_architecture=False)),
 }
 
 

@@ -6,14 +6,16 @@
     python benchmarks/datafree.py --md docs/results_datafree.md   # also write the results page
 
 On the pretrained CIFAR ResNet-20 and ResNet-56 (option A), ResNet-56 option B and (quantization only) the CIFAR
-ViT, for each pruning ratio and bit width, four arms share one pruning plan (l1-norm, the same fraction of every
-block-internal group; groups the closed form cannot compensate are left unpruned so that all arms prune the same
-channels):
+ViT, for each pruning ratio and bit width, five arms share one pruning budget (the same fraction of every
+block-internal group; groups the closed form cannot compensate are left unpruned in every arm):
 
-* naive: prune and quantise, nothing else;
-* Neuron Merging: its data-free merge rule (pruning only; quantization naive);
-* UDFC: the closed form with data-free BatchNorm moments plus the BN-expected bias correction;
-* measured: the same closed form with moments measured on 256 training images (the data-free estimate's bound).
+* naive: prune the l1-smallest channels and quantise, nothing else;
+* Neuron Merging: its data-free merge rule on the same l1 channels (pruning only; quantization naive);
+* UDFC: the closed form with data-free BatchNorm moments plus the BN-expected bias correction, pruning the channels
+  the kept ones rebuild best under those moments (`selection="reconstruction"`, the same count per group);
+* UDFC (l1 channels): the same closed form on the l1 channels (`selection="plan"`), to separate the two effects;
+* measured: UDFC with moments measured on 256 training images (the data-free estimate's bound; channels chosen as
+  in UDFC, data-free).
 
 Accuracy is top-1 on the CIFAR-10 JPEG test set (a seeded random subset in quick mode); the next layer's error is
 the relative squared error of each compensated layer's consumer on real test inputs (mean over layers). A second
@@ -44,6 +46,7 @@ ARMS = {
     "naive": dict(compensation="none", bias_correction=False),
     "neuron_merging": dict(compensation="neuron_merging", bias_correction=False),
     "udfc": dict(compensation="udfc"),
+    "udfc_l1": dict(compensation="udfc", selection="plan"),
     "measured": dict(compensation="udfc", moments="measured"),
 }
 SETTINGS = {
@@ -102,7 +105,7 @@ def moment_rows(model, inputs, images) -> List[Dict[str, Any]]:
     from prunekit.compensate.layers import find_layers
     from prunekit.compensate.moments import relu_mean, relu_second_moment
     from prunekit.compensate.probe import probe_model
-    from prunekit.compensate.sources import bn_moments, record_inputs, run_layer
+    from prunekit.compensate.sources import bn_moments, bn_output_std, record_inputs, run_layer
     from prunekit.quant.fold import folded_weight_bias
 
     probe = probe_model(model, inputs)
@@ -116,13 +119,13 @@ def moment_rows(model, inputs, images) -> List[Dict[str, Any]]:
         w, b = folded_weight_bias(mods[lay.producer], mods[lay.bn])
         bn = mods[lay.bn]
         C = w.shape[0]
-        df = bn_moments(w.flatten(1), w.flatten(1), bn.bias.detach(), bn.weight.detach(), torch.arange(C), "single")
+        df = bn_moments(w.flatten(1), w.flatten(1), bn.bias.detach(), bn_output_std(bn), torch.arange(C), "single")
         z = torch.cat([run_layer(mods[lay.producer], x, w, b).movedim(1, -1).reshape(-1, C).double()
                        for x in rec.inputs[lay.producer]])
         a = z.clamp_min(0)
         mean_a, second_a = a.mean(0), (a * a).mean(0)
         mu, sd = z.mean(0), z.std(0)
-        gamma = bn.weight.detach().double().abs().clamp_min(1e-12)
+        gamma = bn_output_std(bn).clamp_min(1e-12)
         shift = float(((mu - bn.bias.detach().double()).abs() / gamma).median())
         spread = float((sd / gamma - 1).abs().median())
         zc = (z - mu) / sd.clamp_min(1e-12)
@@ -232,9 +235,11 @@ def markdown(results: List[Dict[str, Any]], targets, command: str, mode: str) ->
              "by the same script. Method and derivation: [udfc.md](udfc.md). "
              "Accuracy: top-1 on the CIFAR-10 JPEG test set (see the settings in the script); *err*: the next "
              "layer's relative squared output error on real test images, mean over compensated layers. Pruning: "
-             "l1-norm, the same fraction of every block-internal group (groups the closed form cannot compensate, "
-             "i.e. the residual streams, are left unpruned in every arm). VGG-16: skipped, no pretrained weights "
-             "exist locally.", "", "## Targets", ""]
+             "the same fraction of every block-internal group (groups the closed form cannot compensate, i.e. the "
+             "residual streams, are left unpruned in every arm); naive, N. Merging and *UDFC (l1 channels)* prune "
+             "the l1-smallest channels, *UDFC* and *measured* the channels the kept ones rebuild best under the "
+             "data-free moments (same count per group). VGG-16: skipped, no pretrained weights exist locally "
+             "(`prunekit.models.cifar_vgg` is random-init, and training one was not done).", "", "## Targets", ""]
     lines += markdown_targets(targets)
     for res in results:
         lines += ["", f"## {MODELS.get(res['model'], 'CIFAR ViT (quantization only)')}: original accuracy "
@@ -258,8 +263,9 @@ def markdown(results: List[Dict[str, Any]], targets, command: str, mode: str) ->
             table.append([f"{int(ratio * 100)}%", "fp32" if bits == 32 else f"{bits} bit",
                           *[f"{a:.4f}" for a in accs], *[f"{e:.3f}" if e is not None else "-" for e in errs],
                           f"{100 * (accs[2] - accs[0]):+.1f}", f"{100 * (accs[2] - accs[1]):+.1f}"])
-        lines += markdown_table(["pruned", "bits", "naive", "N. Merging", "UDFC", "measured", "err naive", "err NM",
-                                 "err UDFC", "err measured", "UDFC - naive (pts)", "UDFC - NM (pts)"],
+        lines += markdown_table(["pruned", "bits", "naive", "N. Merging", "UDFC", "UDFC (l1 channels)", "measured",
+                                 "err naive", "err NM", "err UDFC", "err UDFC (l1)", "err measured",
+                                 "UDFC - naive (pts)", "UDFC - NM (pts)"],
                                 table)
         mom = res.get("moments", [])
         if mom:

@@ -5,8 +5,9 @@
     python benchmarks/dynamic.py --quick --json out.json --md    # also rewrites docs/results_dynamic.md
 
 FTWT (on the pretrained CIFAR ResNets; no pretrained VGG-16 exists in the data folder): for heat-map-mass thresholds
-1.0 / 0.95 / 0.9 / 0.8, predictors are attached to the engine's single-producer channel groups, warmed up, and
-trained with the backbone; reported: accuracy, mean and spread of per-input MACs, predictor agreement with its
+1.0 / 0.95 / 0.9 / 0.8, predictors are attached to the engine's single-producer channel groups and, as gates, to
+the stem and each block's last conv (before the residual add), fitted on cached features, and trained with the
+backbone; reported: accuracy, mean and spread of per-input MACs, predictor agreement with its
 labels, and batch-1 latency of the gathered path against the dense model. The static baseline prunes the same model
 with the engine (allocator ``global``, criterion ``l1``) to the dynamic model's mean MACs and fine-tunes it for the
 same number of backbone steps.
@@ -37,14 +38,16 @@ from _common import (THREADS_HELP, doc_command, fmt, markdown_table, markdown_ta
 from prunekit.paths import data_root, repo_root  # noqa: E402
 
 THRESHOLDS = (1.0, 0.95, 0.9, 0.8)
-KEEP_PROBS = (0.8, 0.6, 0.5)
-TOP_QS = (0.0, 0.1, 0.25, 0.5, 0.9)  # 0.9 beyond the issue's list: how little randomness the defence needs
+KEEP_PROBS = (0.9, 0.8, 0.6, 0.5)  # 0.9 beyond the issue's list: the mildest random part
+TOP_QS = (0.0, 0.1, 0.25, 0.5, 0.6, 0.9)  # 0.6 and 0.9 beyond the issue's list: how little randomness is needed
 SETTINGS = {
-    "quick": dict(ftwt_models=("cifar_resnet56",), train_items=640, steps=10, warmup=10, test=250, latency=20,
-                  oracle=False, digits_finetune=1, cifar_finetune_steps=20, cifar_test=250, sim_traces=2000,
+    "quick": dict(ftwt_models=("cifar_resnet56",), train_items=2560, steps=40, warmup=0, fit_images=512, test=250,
+                  latency=30, latency_repeats=2,
+                  oracle=True, digits_finetune=1, cifar_finetune_steps=150, cifar_test=1000, sim_traces=2000,
                   sim_attacks=4,
-                  sim_maps=((0.0, 0.5), (0.5, 0.8), (0.9, 0.8))),
-    "full": dict(ftwt_models=("cifar_resnet56", "cifar_resnet20"), train_items=10000, steps=150, warmup=100,
+                  sim_maps=((0.0, 0.5), (0.5, 0.8), (0.5, 0.9), (0.6, 0.8), (0.9, 0.8))),
+    "full": dict(ftwt_models=("cifar_resnet56", "cifar_resnet20"), train_items=10000, steps=150, warmup=0,
+                 fit_images=1024, latency_repeats=3,
                  test=2000, latency=100, oracle=True, digits_finetune=5, cifar_finetune_steps=300, cifar_test=2000,
                  sim_traces=5000, sim_attacks=4,
                  sim_maps=tuple((q, p) for q in TOP_QS for p in KEEP_PROBS)),
@@ -92,13 +95,14 @@ def static_baseline(model, keep: float, train_set, test_set, steps: int, batch: 
 def run_ftwt(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     from prunekit.dynamic import DynamicConfig, attach
     from prunekit.dynamic.evaluate import batch1_latency, evaluate_dynamic
-    from prunekit.dynamic.gathered import build_gathered
+    from prunekit.dynamic.gathered import build_gathered, fold_batchnorm
     from prunekit.dynamic.train import DynamicTrainConfig, train_dynamic
     from prunekit.metrics.accuracy import evaluate_accuracy
     from prunekit.models import build
 
     train_set, test_set = cifar_splits(name, s["train_items"], s["test"])
     pretrained = build(name).eval()
+    folded = fold_batchnorm(pretrained, torch.randn(1, 3, 32, 32))  # the fair dense baseline: BN folded as in gathered
     dense_acc = evaluate_accuracy(pretrained, test_set, progress=False)
     log(f"{name}: dense accuracy {dense_acc:.4f} on {len(test_set)} test images")
     images = [test_set[i][0] for i in range(s["latency"])]
@@ -107,25 +111,29 @@ def run_ftwt(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
         t0 = time.perf_counter()
         dyn = attach(copy.deepcopy(pretrained), torch.randn(1, 3, 32, 32), DynamicConfig(threshold=r, softmax=False))
         steps = min(s["steps"], len(train_set) // 64)
-        train_dynamic(dyn, train_set, DynamicTrainConfig(epochs=1, warmup_steps=s["warmup"], max_steps=steps,
-                                                         predictor_lr=1.0, batch_size=64), progress=False)
+        info = train_dynamic(dyn, train_set, DynamicTrainConfig(epochs=1, warmup_steps=s["warmup"], max_steps=steps,
+                                                         fit_images=s["fit_images"], batch_size=64), progress=False)
         t_train = time.perf_counter() - t0
         figures = evaluate_dynamic(dyn, test_set).summary()
         oracle = evaluate_dynamic(dyn, test_set, mask_source="labels").summary() if s["oracle"] else {}
         gathered = build_gathered(dyn, images[0][None])
-        latency = batch1_latency({"dense": pretrained, "gathered": gathered}, images)
+        latency = batch1_latency({"dense": pretrained, "dense_folded": folded, "gathered": gathered}, images,
+                                 repeats=s["latency_repeats"])
         t_measure = time.perf_counter() - t0 - t_train
         keep = figures["macs_frac_mean"] + figures["predictor_macs_frac"]
         row = {"part": "ftwt", "model": name, "threshold": r, "dense_accuracy": dense_acc, **figures,
                "label_mask_accuracy": oracle.get("accuracy"), "label_macs_frac": oracle.get("macs_frac_mean"),
-               "dense_ms": latency["dense"], "gathered_ms": latency["gathered"],
-               "speedup": latency["dense"] / latency["gathered"], "masked_sites": len(dyn.sites),
+               "dense_ms": latency["dense"], "dense_folded_ms": latency["dense_folded"],
+               "gathered_ms": latency["gathered"], "speedup": latency["dense_folded"] / latency["gathered"],
+               "speedup_unfolded": latency["dense"] / latency["gathered"], "masked_sites": len(dyn.sites),
+               "gated_sites": sum(site.tied for site in dyn.sites), "fit_agreement": info["fit_agreement"],
                "dense_groups": len(dyn.dense), "train_steps": steps, "warmup_steps": s["warmup"],
                "seconds_train": t_train, "seconds_measure": t_measure}
         if keep < 0.99:
             static = static_baseline(pretrained, keep, train_set, test_set, steps, 64)
             row.update(static_accuracy=static["accuracy"], static_macs_frac=static["macs_frac"],
-                       static_ms=batch1_latency({"static": static["model"]}, images)["static"])
+                       static_ms=batch1_latency({"static": fold_batchnorm(static["model"], images[0][None])},
+                                                images)["static"])
         rows.append(row)
         log(f"{name} r={r}: acc {figures['accuracy']:.4f} (static {fmt(row.get('static_accuracy'))}), MACs "
             f"{figures['macs_frac_mean']:.3f} +- {figures['macs_frac_std']:.3f}, agreement {figures['agreement']:.3f}, "
@@ -260,14 +268,15 @@ def print_tables(ftwt: List[Dict[str, Any]], mac: List[Dict[str, Any]]) -> None:
 
 
 FTWT_COLUMNS = ("model", "r", "acc dynamic", "acc static", "acc dense", "acc label masks", "MACs mean",
-                "MACs std", "MACs p5-p95", "agreement", "dense ms", "gathered ms", "speed-up", "static ms")
+                "MACs std", "MACs p5-p95", "agreement", "dense ms", "dense folded ms", "gathered ms", "speed-up",
+                "ceiling", "static ms")
 
 
 def ftwt_cells(r: Dict[str, Any]) -> List[Any]:
     return [r["model"], r["threshold"], r["accuracy"], r.get("static_accuracy"), r["dense_accuracy"],
             r["label_mask_accuracy"], r["macs_frac_mean"], r["macs_frac_std"],
-            f"{r['macs_frac_p5']:.3f}-{r['macs_frac_p95']:.3f}", r["agreement"], r["dense_ms"], r["gathered_ms"],
-            r["speedup"], r.get("static_ms")]
+            f"{r['macs_frac_p5']:.3f}-{r['macs_frac_p95']:.3f}", r["agreement"], r["dense_ms"],
+            r.get("dense_folded_ms"), r["gathered_ms"], r["speedup"], 1 / r["macs_frac_mean"], r.get("static_ms")]
 
 
 MAC_COLUMNS = ("model", "map", "p", "active px", "acc", "drop (pts)", "drop fine-tuned", "traces undef.",
@@ -291,12 +300,13 @@ def generated_notes(ftwt: List[Dict[str, Any]], mac: List[Dict[str, Any]]) -> Li
     for r in ftwt:
         if r["threshold"] == 0.9:
             notes.append(f"- {r['model']} at r = 0.9: the masks keep {r['macs_frac_mean']:.3f} of the backbone MACs, so "
-                         f"a path whose time followed MACs would run {1 / r['macs_frac_mean']:.2f}x faster; the "
-                         f"gathered path measured {r['speedup']:.2f}x."
-                         + (" Only the first conv of each residual block is masked (the block outputs are tied across "
-                            "the residual adds), and at 16-64 channels and batch 1 the per-layer overhead (predictor, "
-                            "index gathers) is comparable to the convolutions it shortens." if "resnet" in r["model"]
-                            else ""))
+                         f"a path whose time followed MACs would run {1 / r['macs_frac_mean']:.2f}x faster (the "
+                         f"ceiling); the gathered path measured {r['speedup']:.2f}x against the BN-folded dense model "
+                         f"({r.get('speedup_unfolded', float('nan')):.2f}x against the model as stored). "
+                         f"{r.get('gated_sites', 0)} of its {r['masked_sites']} masked convs are gates (the stem and each "
+                         "block's last conv, masked before the residual add: their skipped filters save their own MACs "
+                         "only); at 16-64 channels and batch 1 the per-layer overhead (predictor, index gathers, "
+                         "scatter into the residual sum) is what keeps the measured figure under the ceiling.")
     gaps = [(r["model"], r["threshold"], r["accuracy"] - r["static_accuracy"]) for r in ftwt if "static_accuracy" in r]
     if gaps:
         notes.append("- dynamic minus static accuracy (points): " + ", ".join(
@@ -329,14 +339,19 @@ def write_doc(payload: Dict[str, Any], path: Path, plots: List[str]) -> None:
              "## FTWT (paper 9): dynamic channel masks", "",
              f"No pretrained CIFAR VGG-16 exists in the data folder ({payload['vgg16_note']}), so FTWT runs on the "
              "pretrained CIFAR ResNets. Masks sit on the groups a single conv produces (the first conv of each "
-             "residual block); groups tied across residual adds stay dense:", ""]
+             "residual block: its filters and the next conv's input channels are skipped) and, as in FTWT's ResNets, "
+             "gate the stem and each block's last conv before the residual add (their filters are skipped, the sum "
+             "stays dense for its readers). The groups tied across residual adds cannot be masked as one unit:", ""]
     for name, dense in payload.get("dense_groups", {}).items():
         lines += [f"- {name}: {len(dense)} dense groups, e.g. `{next(iter(dense))}`: {next(iter(dense.values()))}"]
     lines += ["", "*acc label masks*: accuracy with the ground-truth masks instead of the predicted ones. *MACs*: "
               "backbone MACs per input over the dense model's (predictor MACs are under 0.1% and added to the static "
               "baseline's budget). *agreement*: predicted mask equal to its label, over inputs and filters. The static "
               "baseline (engine, allocator global, criterion l1) gets the dynamic model's mean MACs and the same number "
-              "of backbone training steps.", "", *markdown_table(FTWT_COLUMNS, [ftwt_cells(r) for r in ftwt]), "",
+              "of backbone training steps (the predictors' fit on cached features trains no backbone weight). "
+              "*dense folded*: the dense model with its BatchNorms folded into the convs, as the gathered path "
+              "folds them; *speed-up* is against it; *ceiling*: 1 / MACs mean, the speed-up of a path whose time "
+              "followed MACs. *static ms*: the static model, BN folded too.", "", *markdown_table(FTWT_COLUMNS, [ftwt_cells(r) for r in ftwt]), "",
               "## MACPruning (paper 6): input-pixel masks against a simulated CPA", "",
               "Accuracy: mean over 3 mask draws (digits) or one draw (ResNet-20) of the test images; *drop fine-tuned*: "
               "after fine-tuning with the same masks as augmentation, for the simulated importance-aware maps, against the "
@@ -362,13 +377,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--parts", default="ftwt,macpruning", help="comma-separated: ftwt, macpruning")
     parser.add_argument("--md", action="store_true", help=f"rewrite {DOC} (and its plots)")
-    parser.add_argument("--from-json", default=None, help="with --md: render the page from an earlier run's JSON "
-                                                          "instead of running again")
+    parser.add_argument("--from-json", default=None, help="with --md: render the page from earlier runs' JSON "
+                                                          "(comma-separated, e.g. one per --parts run: merged, "
+                                                          "targets recomputed) instead of running again")
     args = parser.parse_args(argv)
     if args.from_json:
         if not args.md:
             parser.error("--from-json only renders the page: add --md")
-        write_outputs(json.loads(Path(args.from_json).read_text()))
+        payloads = [json.loads(Path(path).read_text()) for path in args.from_json.split(",") if path]
+        write_outputs(merge_payloads(payloads))
         return 0
     argv_used = sys.argv[1:] if argv is None else list(argv)
     import warnings
@@ -403,6 +420,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.md:
         write_outputs(json.loads(json.dumps(payload, default=str)))
     return 0
+
+
+def merge_payloads(payloads: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One payload from runs of different parts (e.g. ``--parts ftwt`` and ``--parts macpruning`` run side by side):
+    rows, curves and dense-group notes joined, the targets recomputed from the joined rows."""
+    if len(payloads) == 1:
+        return payloads[0]
+    if len({p.get("mode") for p in payloads}) != 1:
+        raise SystemExit("dynamic: --from-json runs must share one mode (quick or full)")
+    merged = dict(payloads[0])
+    merged["command"] = " and ".join(p["command"] for p in payloads)
+    merged["seconds"] = sum(float(p["seconds"]) for p in payloads)
+    merged["rows"] = [r for p in payloads for r in p["rows"]]
+    for key in ("dense_groups", "simulator_curves"):
+        merged[key] = {k: v for p in payloads for k, v in p.get(key, {}).items()}
+    ftwt = [r for r in merged["rows"] if r["part"] == "ftwt"]
+    mac = [r for r in merged["rows"] if r["part"] == "macpruning"]
+    merged["targets"] = (ftwt_targets(ftwt) if ftwt else []) + (macpruning_targets(mac) if mac else [])
+    merged["all_passed"] = bool(merged["targets"]) and all(t["passed"] for t in merged["targets"])
+    return merged
 
 
 def write_outputs(payload: Dict[str, Any]) -> None:

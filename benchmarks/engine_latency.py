@@ -33,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from prunekit.errors import ConfigError
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (THREADS_HELP, print_table, print_targets, report, target, update_doc_section,  # noqa: E402
                      write_json)
@@ -235,6 +237,11 @@ def latency_targets(name: str, batch: int, rows: List[Dict[str, Any]]) -> List[D
     (relative), and speed-up / MACs at least that of the better hand-made plan on that runtime."""
     out = []
     for row in rows:
+        if row["plan"].startswith("latency-") and "error" in row and "speedup" not in row:
+            label = f"{name} batch {batch} {row['runtime']} [{row['plan']}]"
+            out.append(target(f"{label} |measured kept latency / {KEEP} - 1| (plan refused)", None, "<=",
+                              KEEP_TOLERANCE))
+            continue
         if not row["plan"].startswith("latency-") or "speedup" not in row:
             continue
         family = row["backend"].split()[0]
@@ -261,7 +268,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--plans", default="simd,memory", help=f"hand-made width plans to compare: {sorted(PLANS)}")
     parser.add_argument("--runtimes", default="eager,eager-bnfold,onnxruntime",
                         help="runtimes planned with the measured-latency budget (empty: none)")
-    parser.add_argument("--latency-round-to", default=None, help="round_to of the latency plans (default none)")
+    parser.add_argument("--latency-round-to", default=None,
+                        help="round_to of the latency plans (default: the channel block, as a latency budget does; "
+                             "1: none)")
     parser.add_argument("--resnet-batches", default="1,32", help="timed batch sizes of ResNet-56-B (comma-separated)")
     parser.add_argument("--models", default="", help="comma-separated subset: cifar_resnet56_b, yolo")
     parser.add_argument("--docs", default=None, help="markdown file whose engine_latency section is rewritten "
@@ -296,7 +305,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         arms += [(f"latency-{r}", lambda r=r: prune_to_latency(model, timed_x, r, args.threads,
                                                                args.latency_round_to), [r]) for r in runtimes]
         for plan_name, prune, measured_on in arms:
-            pruned, info = prune()
+            try:
+                pruned, info = prune()
+            except ConfigError as exc:  # a latency target the constraints cannot reach: reported, not hidden
+                print(f"{name} batch {timed_x.shape[0]} [{plan_name}]: refused: {exc}", flush=True)
+                batch_rows.append({"model": name, "plan": plan_name, "backend": measured_on[0] if measured_on
+                                   else "-", "runtime": measured_on[0] if measured_on else "-",
+                                   "input_shape": list(timed_x.shape), "macs_ratio": None,
+                                   "error": str(exc)[:300]})
+                continue
             extra = f", predicted kept latency {info['predicted_keep']:.3f}" if "predicted_keep" in info else ""
             print(f"{name} batch {timed_x.shape[0]} [{plan_name}]: MACs x{info['macs_ratio']:.2f} fewer (ratio "
                   f"{info['ratio_searched']}), round_to {info['round_to']}, verify error {info['verify_error']:.2g}"

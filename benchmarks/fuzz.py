@@ -3,6 +3,7 @@
     python benchmarks/fuzz.py --json out.json            # 500 generated models
     python benchmarks/fuzz.py --quick --json out.json    # 100 models, a smoke run (well under a minute on 1 core)
     python benchmarks/fuzz.py --examples 2000 --seed 3   # more, another stream
+    python benchmarks/fuzz.py --json out.json --docs docs/results_fuzz.md   # also (re)write the results page section
 
 Models come from the hypothesis strategy `prunekit.testing.fuzz_models.model_specs` (conv / grouped / depthwise
 conv, BatchNorm, GroupNorm, LayerNorm, attention, add, broadcast mul, cat, split / chunk, flatten, permute, channel
@@ -28,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import THREADS_HELP, print_table, print_targets, report, target, write_json  # noqa: E402
+from _common import (THREADS_HELP, doc_command, markdown_table, markdown_target_table, print_table,  # noqa: E402
+                     print_targets, report, target, update_doc_section, write_json)
 
 from prunekit.testing.fuzz_check import ALLOCATORS, CRITERIA, OUTCOMES, run_case  # noqa: E402
 from prunekit.testing.fuzz_models import model_specs  # noqa: E402
@@ -66,6 +68,8 @@ def main(argv=None) -> Dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (the stream of models)")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--json", type=str, default=None, help="write the JSON report here")
+    parser.add_argument("--docs", type=str, default=None, help="markdown file whose fuzz section (quick or full) is "
+                                                               "rewritten; nothing under docs/ is written without it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("prunekit").setLevel(logging.ERROR)  # the per-plan refusal summaries would flood the output
@@ -101,6 +105,18 @@ def main(argv=None) -> Dict[str, Any]:
                      refused_by_reason=dict(reasons))
     if args.json:
         write_json(args.json, payload)
+    if args.docs:
+        command = doc_command("python benchmarks/fuzz.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        body = [f"`{command}`: {len(rows)} generated models in {time.perf_counter() - start:.0f} s, each checked "
+                f"against its masked original (prunekit.testing.fuzz_check).", ""]
+        body += markdown_table(["outcome", "models"], [[o, str(counts.get(o, 0))] for o in OUTCOMES]
+                               + [["groups refused by an operation / total", f"{refused_groups} / {groups}"],
+                                  ["groups of the model output (not counted) / total", f"{outputs} / {groups}"]])
+        body += ["", "Refused groups by reason:", ""]
+        body += markdown_table(["reason", "groups"], [[k, str(v)] for k, v in reasons.most_common(12)])
+        body += ["", *markdown_target_table(targets)]
+        update_doc_section(args.docs, "fuzz" + ("_quick" if args.quick else ""),
+                           "Engine fuzzing" + (" (quick)" if args.quick else ""), "\n".join(body))
     return payload
 
 

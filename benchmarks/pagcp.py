@@ -39,10 +39,10 @@ from prunekit.paths import cache_root  # noqa: E402
 from prunekit.planning.cost import macs_cost  # noqa: E402
 
 SETTINGS = {
-    "quick": dict(depth=20, train_steps=150, finetune_steps=64, batch=64, held_out_batches=2, test_images=1000,
-                  ratio_steps=19, tolerance=0.2, allowance=20.0, max_rounds=4),
-    "full": dict(depth=56, train_steps=1500, finetune_steps=500, batch=128, held_out_batches=4, test_images=10000,
-                 ratio_steps=19, tolerance=0.2, allowance=20.0, max_rounds=6),
+    "quick": dict(depth=20, train_steps=150, finetune_steps=64, batch=64, held_out_batches=4, test_images=1000,
+                  ratio_steps=19, tolerance=0.2, allowance=20.0, max_rounds=4, cost_batches=1, cost_ratios=2),
+    "full": dict(depth=56, train_steps=1500, finetune_steps=500, batch=128, held_out_batches=4, test_images=9000,
+                 ratio_steps=19, tolerance=0.2, allowance=20.0, max_rounds=6, cost_batches=4, cost_ratios=3),
 }
 KEEP_MACS = 0.5  # the issue's budget: PAGCP's oracle decides whether it is reachable
 TASKS = ("class", "vehicle")
@@ -69,13 +69,19 @@ def data(s: Dict[str, Any]):
 
     train = cifar10_jpg("train", augment="standard", normalize="imagenet")
     plain = cifar10_jpg("train", normalize="imagenet")
-    test = cifar10_jpg("test", normalize="imagenet", limit=s["test_images"])
+    test = cifar10_jpg("test", normalize="imagenet")
     perm = torch.randperm(49000, generator=torch.Generator().manual_seed(0))
     b = s["batch"]
     train_b = make_batches(train, perm[: s["train_steps"] * b], b)
     ft_b = make_batches(train, perm[-s["finetune_steps"] * b:], b)
-    held = make_batches(plain, torch.arange(49000, 49000 + s["held_out_batches"] * b), b)  # never trained on
-    test_b = make_batches(test, torch.arange(len(test)), 100)
+    # the oracle's held-out batches come from the test split's tail, disjoint from the accuracy images: the
+    # pretrained trunk saw every training image (its losses there are memorised), and the training split is stored
+    # by class, so its tail is one class only
+    n_held = s["held_out_batches"] * b
+    if s["test_images"] + n_held > len(test):
+        raise ValueError(f"pagcp benchmark: test_images {s['test_images']} + held-out {n_held} exceed the test split")
+    held = make_batches(test, torch.arange(len(test) - n_held, len(test)), b)
+    test_b = make_batches(test, torch.arange(s["test_images"]), 100)
     return train_b, ft_b, held, test_b
 
 
@@ -119,9 +125,11 @@ def prune_baseline(model, allocator: str, example, keep: float) -> tuple:
     return prunekit.apply(model, plan, example), {}
 
 
-def prune_pagcp(model, tasks: Dict[str, Any], held, example, s, keep: Optional[float] = None) -> tuple:
+def prune_pagcp(model, tasks: Dict[str, Any], held, example, s, keep: Optional[float] = None,
+                forward=None) -> tuple:
     """PAGCP with the settings' tolerance and allowance: every removal the oracle passed (`keep` None), or the
-    cheapest-loss-per-MAC part of them that keeps `keep` of the MACs (all of them when that is not reachable)."""
+    cheapest-loss-per-MAC part of them that keeps `keep` of the MACs (all of them when that is not reachable).
+    `forward(model, batch)`: how the oracle runs the model (default: ``model(batch[0])``)."""
     from prunekit.errors import ConfigError
 
     analysis = planning.analyse(model, example)
@@ -131,7 +139,8 @@ def prune_pagcp(model, tasks: Dict[str, Any], held, example, s, keep: Optional[f
         groups = planning.eligibility(analysis, config)
         scores = planning.scoring(model, groups, config, example)
         # MACs order the units and price each one's loss (a budget search passes its own MACs cost model too)
-        policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example))
+        extra = {"forward": forward} if forward is not None else {}
+        policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example), **extra)
         try:
             allocation = planning.allocate(model, groups, scores, config, example, policy=policy)
         except ConfigError as exc:  # the oracle's safe removals do not reach the MACs of the other arm
@@ -213,60 +222,132 @@ def run(args) -> Dict[str, Any]:
         keep.setdefault("macs", rows[-1]["macs"] / base_macs + 1e-3)
         print(f"{name}: pruned {acc}, fine-tuned {acc_ft} ({prune_s:.1f}s to prune)")
     by = {r["method"]: r for r in rows}
-    worst = lambda r: min(r["class_ft"], r["vehicle_ft"])  # noqa: E731
+    # the worst task is the one that lost most accuracy against the unpruned model (points)
+    worst = lambda r: min(r["class_ft"] - base_acc[0], r["vehicle_ft"] - base_acc[1])  # noqa: E731
     multi, single = by["PAGCP (class + vehicle)"], by["PAGCP single-task (class)"]
     allowance = logs["PAGCP (class + vehicle)"]["allowance"]
     last_round = logs["PAGCP (class + vehicle)"]["rounds"][-1]
     within = max(last_round["loss_ratio"][t] / allowance for t in TASKS)
     targets = [
-        target("PAGCP worst task after FT minus uniform L1's (points)", worst(multi) - worst(by["uniform L1"]), ">=",
-               0.0),
-        target("PAGCP worst task after FT minus global L1's (points)", worst(multi) - worst(by["global L1"]), ">=",
-               0.0),
+        target("PAGCP worst task's accuracy drop after FT minus uniform L1's (points)",
+               worst(multi) - worst(by["uniform L1"]), ">=", 0.0),
+        target("PAGCP worst task's accuracy drop after FT minus global L1's (points)",
+               worst(multi) - worst(by["global L1"]), ">=", 0.0),
         target("PAGCP held-out loss / (allowance x loss before the round), worst task, last round, before FT",
                within, "<=", 1.0),
         target("vehicle accuracy lost by single-task oracle minus by multitask PAGCP, before FT (points)",
                multi["vehicle_pruned"] - single["vehicle_pruned"], ">=", 0.0),
         target("MACs kept by PAGCP (fraction)", multi["macs"] / base_macs, "<=", KEEP_MACS * 1.02),
     ]
-    return {"mode": "quick" if args.quick else "full", "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in s.items()},
-            "base_macs": base_macs, "rows": rows, "targets": targets, "pagcp_logs": logs}
+    result = {"mode": "quick" if args.quick else "full", "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                       for k, v in s.items()},
+              "base_macs": base_macs, "rows": rows, "targets": targets, "pagcp_logs": logs}
+    if not args.skip_cost:
+        result["sweep_cost"] = sweep_cost(s, held)
+    if not args.skip_detector:
+        from _pagcp_detect import detector_part
+
+        result["detector"] = detector_part(result["mode"], prune_pagcp, prune_baseline, args.retrain)
+        result["targets"] = result["targets"] + result["detector"]["targets"]
+    return result
 
 
-def markdown(result: Dict[str, Any]) -> str:
-    s = result["settings"]
-    lines = [f"# PAGCP on a two-head CIFAR ResNet-{s['depth']} ({result['mode']})", "",
-             "Generated by `python benchmarks/pagcp.py" + (" --quick" if result["mode"] == "quick" else "") +
-             " --md docs/results_pagcp.md` (or `--render JSON` from its `--json` report). Trunk: pretrained "
-             "option-A CIFAR ResNet; heads: 10 classes and vehicle versus animal, trained jointly "
-             f"({s['train_steps']} steps of {s['batch']}). PAGCP (tolerance {s['tolerance']}, allowance "
-             f"{s['allowance']} per round) runs rounds of sweep + short fine-tuning until the model keeps at most "
-             f"{KEEP_MACS:.0%} of the MACs (at most {s['max_rounds']} rounds; the last round gets the budget "
-             "exactly where its oracle allows it); uniform L1, global L1 (one shot) and single-task PAGCP (rounds) "
-             "are then pruned to the MACs PAGCP reached (equal MACs). Every arm gets the same number of "
-             "fine-tuning steps in all "
-             f"({s['finetune_steps']} steps). Accuracies on {s['test_images']} "
-             "CIFAR-10 test images. Latency: batch 1, one thread.", "",
-             "## Results", ""]
-    cols = ["method", "class (pruned)", "vehicle (pruned)", "class (FT)", "vehicle (FT)", "MACs (M)", "params (k)",
-            "latency (ms)"]
-    lines += markdown_table(cols, [[r["method"], r["class_pruned"], r["vehicle_pruned"], r["class_ft"],
-                                    r["vehicle_ft"], r["macs"] / 1e6, r["params"] / 1e3, r["latency_ms"]]
-                                   for r in result["rows"]])
-    lines += ["", "## Targets", ""] + markdown_target_table(result["targets"])
-    for name, log in result["pagcp_logs"].items():
-        lines += ["", f"## Rounds: {name}", ""]
+def sweep_cost(s: Dict[str, Any], held) -> Dict[str, Any]:
+    """Seconds per unit of one PAGCP sweep on the ResNet-56 trunk (pretrained; its second head is untrained, which
+    does not change the cost), with the oracle replaying each unit's front (`cache_inputs`) and without. The
+    tolerance is out of reach, so every unit runs the whole grid and both sweeps do the same evaluations."""
+    from prunekit.allocate.pagcp_sweep import TaskOracle, sweep
+    from prunekit.importance.base import create
+
+    model = build("cifar_resnet56_multihead").eval()
+    example = held[0][0][:2]
+    analysis = planning.analyse(model, example)
+    config = planning.PlanConfig(allocator={"name": "pagcp", "progress": False}, budget=Budget(ratio=0.999))
+    groups = planning.eligibility(analysis, config)
+    caps = Pagcp().caps(groups)
+    criterion = create("l1")
+    oracle = TaskOracle({"class": class_loss, "vehicle": coarse_loss}, held[:s["cost_batches"]])
+    grid = [0.25, 0.5, 0.75][: s["cost_ratios"]]
+    out = {"model": "cifar_resnet56_multihead", "units": sum(1 for g in groups if caps.get(g.id, 0) > 0),
+           "ratios": len(grid), "images": sum(len(b[0]) for b in oracle.batches)}
+    for flag in (True, False):
+        result = sweep(model, groups, caps, oracle, None, lambda m, g: criterion.score(m, [g], None)[g.id], grid,
+                       1e6, 1e7, progress=False, cache_inputs=flag)
+        out["cached" if flag else "full_forward"] = result.seconds / max(len(result.records), 1)
+    out["speedup"] = out["full_forward"] / out["cached"]
+    print(f"sweep cost on ResNet-56: {out}")
+    return out
+
+
+def _rounds_and_logs(lines: List[str], logs: Dict[str, Any]) -> None:
+    for name, log in logs.items():
+        lines += ["", f"### Rounds: {name}", ""]
         lines += markdown_table(["round", "MACs kept", "sweep s"] + [f"{t} loss ratio" for t in
                                                                      log["rounds"][0]["loss_ratio"]],
                                 [[r["round"], r["macs_kept"], r["seconds"], *r["loss_ratio"].values()]
                                  for r in log["rounds"]])
-        lines += ["", f"## Sweep log of the last round: {name}", "",
+        lines += ["", f"### Sweep log of the last round: {name}", "",
                   f"Allowance {log['allowance']}, tolerance {log['config']['tolerance']}, decay lambda "
                   f"{log['decay']:.4f}; {log['seconds']:.1f} s in all, {log['seconds_per_unit']:.2f} s per unit.", ""]
         lines += markdown_table(["unit", "size", "ratio", "stopped by", "tolerance", "kept by top-k", "s"],
                                 [[u["group"], u["size"], u["ratio"], u["stopped_by"] or "(grid end)", u["tolerance"],
                                   "yes" if u["kept_by_topk"] else "no", u["seconds"]] for u in log["units"]])
+
+
+def markdown(result: Dict[str, Any], plot_name: Optional[str] = None) -> str:
+    s = result["settings"]
+    lines = [f"# PAGCP on a two-head CIFAR ResNet-{s['depth']} and a YOLOv8-style detector ({result['mode']})", "",
+             "Generated by `python benchmarks/pagcp.py" + (" --quick" if result["mode"] == "quick" else "") +
+             " --md docs/results_pagcp.md` (or `--render JSON` from its `--json` report).", "",
+             "## Two-head classifier", "",
+             "Trunk: pretrained option-A CIFAR ResNet; heads: 10 classes and vehicle versus animal, trained jointly "
+             f"({s['train_steps']} steps of {s['batch']}). The oracle's held-out batches are "
+             f"{s['held_out_batches']} x {s['batch']} CIFAR-10 test images from the end of the split, disjoint from "
+             f"the {s['test_images']} test images the accuracies are measured on. PAGCP (tolerance {s['tolerance']}, "
+             f"allowance {s['allowance']} per round) runs rounds of sweep + short fine-tuning until the model keeps "
+             f"at most {KEEP_MACS:.0%} of the MACs (at most {s['max_rounds']} rounds; the last round gets the budget "
+             "exactly where its oracle allows it); uniform L1, global L1 (one shot) and single-task PAGCP (rounds) "
+             "are then pruned to the MACs PAGCP reached (equal MACs). Every arm gets the same number of "
+             f"fine-tuning steps in all ({s['finetune_steps']} steps). The worst task of a method is the head that "
+             "lost most accuracy against the unpruned model. Latency: batch 1, one thread.", ""]
+    cols = ["method", "class (pruned)", "vehicle (pruned)", "class (FT)", "vehicle (FT)", "MACs (M)", "params (k)",
+            "latency (ms)"]
+    lines += markdown_table(cols, [[r["method"], r["class_pruned"], r["vehicle_pruned"], r["class_ft"],
+                                    r["vehicle_ft"], r["macs"] / 1e6, r["params"] / 1e3, r["latency_ms"]]
+                                   for r in result["rows"]])
+    det = result.get("detector")
+    if det:
+        d = det["settings"]
+        lines += ["", "## YOLOv8-style detector (tasks: box, cls and dfl loss components)", "",
+                  f"YOLOv8-n layout at width {d['width']}, trained from scratch on {d['n_train']} cifar_mosaic "
+                  f"canvases ({d['img']} px, {d['epochs']} epochs, cached). The oracle's held-out batches are {d['n_held']} "
+                  f"validation canvases, disjoint from the {d['n_test']} the mAPs are measured on. PAGCP (tolerance "
+                  f"{d['tolerance']}, allowance {d['allowance']}, {d['ratio_steps']} ratios, at most "
+                  f"{d['max_rounds']} rounds) prunes to at most 50% of the MACs; the other arms are pruned to the "
+                  f"MACs it reached. Fine-tuning: {d['ft_epochs']} epochs on {d['n_ft']} canvases for every arm "
+                  "(PAGCP's rounds use part of them between rounds).", ""]
+        lines += markdown_table(["method", "mAP50 (pruned)", "mAP50-95 (pruned)", "mAP50 (FT)", "mAP50-95 (FT)",
+                                 "box loss", "cls loss", "dfl loss", "MACs (M)", "params (k)", "latency (ms)"],
+                                [[r["method"], r["map50_pruned"], r["map50_95_pruned"], r["map50_ft"],
+                                  r["map50_95_ft"], *(r["held_out_loss"][t] for t in ("box", "cls", "dfl")),
+                                  r["macs"] / 1e6, r["params"] / 1e3, r["latency_ms"]] for r in det["rows"]])
+    lines += ["", "## Targets", ""] + markdown_target_table(result["targets"])
+    cost = result.get("sweep_cost")
+    if cost:
+        lines += ["", "## Sweep cost", "",
+                  f"One sweep on {cost['model']} ({cost['units']} units, {cost['ratios']} ratios each, "
+                  f"{cost['images']} held-out images, one thread): {cost['cached']:.2f} s per unit when the oracle "
+                  f"replays each unit's front (the default, `cache_inputs`), {cost['full_forward']:.2f} s per unit "
+                  f"with full forward passes ({cost['speedup']:.2f}x). Per-unit seconds of every sweep are in the "
+                  "logs below (the detector's too)."]
+    if plot_name:
+        lines += ["", "## Ratio and binding task per unit (last round of each multitask PAGCP)", "",
+                  f"![PAGCP sweep]({plot_name})"]
+    lines += ["", "## PAGCP logs: classifier"]
+    _rounds_and_logs(lines, result["pagcp_logs"])
+    if det:
+        lines += ["", "## PAGCP logs: detector"]
+        _rounds_and_logs(lines, det["pagcp_logs"])
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +357,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--md", nargs="?", const="auto", default=None,
                         help="write the markdown page (default docs/results_pagcp[_quick].md)")
-    parser.add_argument("--retrain", action="store_true", help="ignore the cached jointly trained model")
+    parser.add_argument("--retrain", action="store_true", help="ignore the cached trained models")
+    parser.add_argument("--skip-detector", action="store_true", help="leave out the detector part")
+    parser.add_argument("--skip-cost", action="store_true", help="leave out the ResNet-56 sweep-cost measurement")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--render", default=None, metavar="JSON", help="rebuild the markdown from a JSON report")
     args = parser.parse_args(argv)
@@ -294,7 +377,14 @@ def main(argv=None) -> int:
     if args.md:
         path = args.md if args.md != "auto" else str(
             repo_root() / "docs" / ("results_pagcp_quick.md" if result["mode"] == "quick" else "results_pagcp.md"))
-        atomic_write_text(path, markdown(result))
+        plot = Path(path).with_name(Path(path).stem + "_sweep.png")
+        logs = {f"classifier, {k}": v for k, v in result["pagcp_logs"].items() if "single" not in k}
+        if result.get("detector"):
+            logs.update({f"detector, {k}": v for k, v in result["detector"]["pagcp_logs"].items() if "single" not in k})
+        from prunekit.allocate.pagcp_plot import plot_sweep
+
+        plot_sweep(logs, plot)
+        atomic_write_text(path, markdown(result, plot.name))
     return 0 if all(t["passed"] for t in result["targets"]) else 1
 
 

@@ -133,7 +133,7 @@ def apply(model: nn.Module, plan: PruningPlan, inputs: Any = None, forward_fn: O
     emb_width = _embedding_width(model)
     target = apply_removal(
         model, analysis.groups, removed, inputs, forward_fn=forward_fn, inplace=inplace, verify=verify,
-        tolerance=tolerance, held_out=held_out, called=analysis.called or None,
+        tolerance=tolerance, held_out=held_out, called=analysis.called or None, attributes=analysis.attributes,
         finish=lambda t: rewrite_hf_config(t, rms_eps_factor=_hidden_factor(emb_width, t)))
     from .graph.summary import log_summary
 

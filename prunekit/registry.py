@@ -72,6 +72,8 @@ def plural(kind: str) -> str:
         return "criteria"
     if kind.endswith(("s", "x", "sh", "ch")):
         return kind + "es"
+    if kind.endswith("y") and kind[-2:-1] not in "aeiou":
+        return kind[:-1] + "ies"
     return kind + "s"
 
 
@@ -102,6 +104,7 @@ _FILLERS: List[str] = [
     "prunekit.methods",
     "prunekit.train.regularizers",
     "prunekit.train.distill",
+    "prunekit.widths.precrop",
 ]
 
 

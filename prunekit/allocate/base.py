@@ -155,7 +155,28 @@ def apply_constraints(groups: Sequence[ChannelGroup], allocation: Allocation, ma
             keep = -(-(group.size - n) // step) * step
             n = group.size - keep if keep <= group.size else 0
         result[group.id] = max(n, 0)
-    return Allocation(result)
+    return Allocation(_tied(groups, result, max_ratio, min_keep_channels, round_to))
+
+
+def _tied(groups: Sequence[ChannelGroup], result: Dict[str, int], max_ratio, min_keep_channels, round_to
+          ) -> Dict[str, int]:
+    """Groups of one class (``tags["tied"]``: one attribute, such as a config's head count, sizes them all) lose
+    the same number of units: the fewest any member may lose, lowered until every member's rounding allows it."""
+    classes: Dict[str, List[ChannelGroup]] = {}
+    for group in groups:
+        if group.tags.get("tied"):
+            classes.setdefault(str(group.tags["tied"]), []).append(group)
+    for members in classes.values():
+        n = min(result.get(g.id, 0) for g in members)
+        while n > 0:
+            steps = [max(int(g.round_to), int(round_to or 1) if g.unit == "channel" else 1) for g in members]
+            if all(n <= removable(g, max_ratio, min_keep_channels) and (g.size - n) % s == 0
+                   for g, s in zip(members, steps)):
+                break
+            n -= 1
+        for g in members:
+            result[g.id] = n
+    return result
 
 
 def rank_remove(groups: Sequence[ChannelGroup], scores: Scores, ratio: float, caps: Dict[str, int],
@@ -164,7 +185,8 @@ def rank_remove(groups: Sequence[ChannelGroup], scores: Scores, ratio: float, ca
 
     Args:
         groups: the groups sharing the ranking.
-        scores: group id -> [size]; each group is normalised with `normalizer` first.
+        scores: group id -> [size]; each group is normalised with `normalizer` first (not when the scores are
+            already comparable across groups: ``scores.across_groups``).
         ratio: fraction of all units of the ranked groups to remove.
         caps: group id -> most units the group may lose; a capped group's further units are skipped, so the
             next-lowest units of other groups are taken instead.
@@ -174,6 +196,8 @@ def rank_remove(groups: Sequence[ChannelGroup], scores: Scores, ratio: float, ca
     Returns:
         {group id: n_remove} for the given groups.
     """
+    if getattr(scores, "across_groups", False):
+        normalizer = "none"
     if per_unit:
         out: Allocation = {}
         for unit in sorted({g.unit for g in groups}):

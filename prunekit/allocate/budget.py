@@ -143,7 +143,8 @@ def _refine(policy: Allocator, groups: Sequence[ChannelGroup], scores: Optional[
         for gid, group in by_id.items():
             if gid in blocked or scores is None or gid not in scores or caps.get(gid, 0) <= allocation.get(gid, 0):
                 continue
-            ranked = torch.sort(normalize(scores[gid].float(), "mean")).values
+            ranked = torch.sort(normalize(scores[gid].float(),
+                                          "none" if getattr(scores, "across_groups", False) else "mean")).values
             nxt = allocation.get(gid, 0)
             if nxt >= ranked.numel():
                 continue

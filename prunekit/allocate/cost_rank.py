@@ -21,8 +21,15 @@ from .global_rank import GlobalRank, GlobalRankConfig
 
 @dataclass
 class CostRankConfig(GlobalRankConfig):
-    """Adds ``step_fraction``: the marginal cost of a group is measured by removing this fraction of its units."""
+    """Adds ``step_fraction``: the marginal cost of a group is measured by removing this fraction of its units.
 
+    ``max_ratio`` defaults to 0.75 here (every group keeps a quarter of its units): where fixed per-operation
+    overheads dominate (batch 1 on a CPU), a latency target is otherwise met by collapsing the groups whose units
+    save the most time (a residual stream shared by a whole stage) to one channel, a model that is fast and useless.
+    Pass ``max_ratio=1`` to allow it; a target unreachable under the cap is refused with the cost it reached.
+    """
+
+    max_ratio: Optional[float] = 0.75
     step_fraction: float = 0.25
 
     def __post_init__(self):
@@ -64,5 +71,6 @@ class CostRank(GlobalRank):
         for g in groups:
             saving = self.unit_cost.get(g.id, mean) / mean
             # a group whose removal saves nothing is ranked last (its units cost importance and buy nothing)
-            weighted[g.id] = normalize(scores[g.id].float(), self.config.normalizer) / max(saving, 1e-3)
+            normalizer = "none" if getattr(scores, "across_groups", False) else self.config.normalizer
+            weighted[g.id] = normalize(scores[g.id].float(), normalizer) / max(saving, 1e-3)
         return rank_remove(groups, weighted, ratio, self.caps(groups), "none", self.config.per_unit)

@@ -53,6 +53,8 @@ class PagcpConfig(GlobalRankConfig):
         topk: fraction of pruned units kept by the loss-per-MAC filter, in (0, 1].
         criterion: saliency recomputed on the masked model for each unit (a registered criterion; ``l1``).
         progress: show a progress bar over units x ratios.
+        cache_inputs: record, once per unit, the outputs of the modules that run before it and replay them at
+            every ratio instead of a full forward pass (same losses, less compute for units deep in the model).
     """
 
     tolerance: float = 0.05
@@ -64,6 +66,7 @@ class PagcpConfig(GlobalRankConfig):
     topk: float = 1.0
     criterion: str = "l1"
     progress: bool = True
+    cache_inputs: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -157,7 +160,7 @@ class Pagcp(GlobalRank):
 
         self.result = sweep(self.model, groups, super().caps(groups), self.oracle, self.cost, score, self.config.grid(),
                             self.config.tolerance, self.config.allowance, self.config.probe_ratio,
-                            self.config.progress)
+                            self.config.progress, self.config.cache_inputs)
         kept = topk_filter(self.result.records, self.config.topk)
         self._order = [(r.group, r.removed) for r in kept]
 
@@ -185,6 +188,7 @@ class Pagcp(GlobalRank):
         each unit), base and final held-out losses, lambda, timing."""
         if self.result is None:
             return {"swept": False}
-        return {"swept": True, "tasks": list(self.oracle.tasks), "config": {
-            k: getattr(self.config, k) for k in ("tolerance", "allowance", "ratio_min", "ratio_max", "ratio_steps",
-                                                 "probe_ratio", "topk", "criterion")}, **self.result.to_dict()}
+        keys = ("tolerance", "allowance", "ratio_min", "ratio_max", "ratio_steps", "probe_ratio", "topk", "criterion",
+                "cache_inputs")
+        return {"swept": True, "tasks": list(self.oracle.tasks), "config": {k: getattr(self.config, k) for k in keys},
+                **self.result.to_dict()}

@@ -5,11 +5,15 @@ Multitask CNNs"): the pieces `prunekit.allocate.pagcp.Pagcp` puts together.
 - `TaskOracle`: named task losses on a few held-out batches, evaluated on a model whose removed channels are zeroed;
 - `soft_mask`: zeroes every parameter slice a group's channels own (producers, norms and consumers), which for an
   exact group equals removing them;
+- `PrefixCache`: the outputs of the modules that finish before a unit's first member runs, recorded once per unit
+  and replayed for every ratio (the paper's cost is units x ratios x a validation pass; this skips the unchanged
+  front of the network);
 - `sweep`: units in order, each re-scored on the model already masked before it, stopped at the largest ratio of
   the grid where every task's loss stays within (1 + delta_u) of its running baseline.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -99,17 +103,145 @@ class TaskOracle:
             raise ConfigError("pagcp allocator: the held-out loader gave no batches")
 
     @torch.no_grad()
-    def losses(self, model: nn.Module) -> Dict[str, float]:
-        """Mean loss of every task over the held-out batches (model in eval mode)."""
+    def losses(self, model: nn.Module, prefix: Optional["PrefixCache"] = None) -> Dict[str, float]:
+        """Mean loss of every task over the held-out batches (model in eval mode).
+
+        Args:
+            model: the (masked) model.
+            prefix: replay these recorded module outputs instead of running those modules (`PrefixCache`).
+        """
         totals = {name: 0.0 for name in self.tasks}
-        for batch in self.batches:
-            out = self.forward(model, batch)
+        for index, batch in enumerate(self.batches):
+            if prefix is not None:
+                with prefix.replaying(index):
+                    out = self.forward(model, batch)
+            else:
+                out = self.forward(model, batch)
             for name, fn in self.tasks.items():
                 value = float(fn(out, batch))
                 if not math.isfinite(value):
                     raise ConfigError(f"pagcp allocator: task '{name}' gave a non-finite loss ({value})")
                 totals[name] += value
         return {name: v / len(self.batches) for name, v in totals.items()}
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a (nested) module output, so in-place ops downstream cannot change the recorded one."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
+
+
+class _PrefixDone(Exception):
+    """Raised by the hook of the last recorded module to end a forward pass whose rest is not needed."""
+
+
+class PrefixCache:
+    """Outputs of the modules that finish before a group's first member module starts, per held-out batch.
+
+    Masking a group changes only its members' parameters, so every module whose call ends before the first member
+    call begins (and that owns none of the masked parameters and runs once per forward) computes the same output at
+    every ratio of the unit. `build` records the largest such modules on the current model; `replaying(i)` makes
+    them return their recorded output for batch `i` instead of computing it (the functional glue between modules
+    still runs, on the replayed tensors). The result equals a full forward pass (tested).
+
+    Attributes:
+        names: the replayed modules, outermost only (e.g. ``conv1``, ``bn1``, ``layer1`` for a unit in ``layer2``).
+    """
+
+    def __init__(self, model: nn.Module, names: List[str], outputs: Dict[str, List[Any]]):
+        self.model, self.names, self.outputs = model, names, outputs
+
+    @staticmethod
+    @torch.no_grad()
+    def call_order(model: nn.Module, oracle: "TaskOracle") -> List[Tuple[str, str]]:
+        """("start" | "end", module name) events of one forward pass on the first held-out batch (masking
+        changes no control flow, so a sweep records them once)."""
+        events: List[Tuple[str, str]] = []
+        handles = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            handles.append(module.register_forward_pre_hook(lambda _m, _a, n=name: events.append(("start", n))))
+            handles.append(module.register_forward_hook(lambda _m, _a, _o, n=name: events.append(("end", n))))
+        try:
+            oracle.forward(model, oracle.batches[0])
+        finally:
+            for h in handles:
+                h.remove()
+        return events
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, group: ChannelGroup, oracle: "TaskOracle",
+              events: Optional[List[Tuple[str, str]]] = None) -> Optional["PrefixCache"]:
+        """Record the replayable prefix for `group` on `model` over `oracle`'s batches (None when nothing before
+        the group's first member can be replayed, e.g. a unit in the stem). `events`: `call_order` of the model,
+        recorded here when not given."""
+        members = {m.module for m in group.members}
+        touched = set()
+        for m in group.members:
+            tensor = getattr(model.get_submodule(m.module), m.param, None)
+            if isinstance(tensor, torch.Tensor):
+                touched.add(id(tensor))
+        modules = dict(model.named_modules())
+        if events is None:
+            events = cls.call_order(model, oracle)
+        first = next((i for i, (kind, name) in enumerate(events) if kind == "start" and name in members), None)
+        if first is None:
+            return None
+        calls: Dict[str, int] = {}
+        for kind, name in events:
+            if kind == "start":
+                calls[name] = calls.get(name, 0) + 1
+        done = [name for kind, name in events[:first] if kind == "end"]
+        safe = [n for n in done if calls[n] == 1 and n not in members
+                and not any(id(p) in touched for p in modules[n].parameters())
+                and not any(id(b) in touched for b in modules[n].buffers())]
+        safe_set = set(safe)
+        outer = [n for n in safe if not any(n.startswith(a + ".") for a in safe_set if a != n)]
+        if not outer:
+            return None
+        outputs: Dict[str, List[Any]] = {n: [] for n in outer}
+        last = max(outer, key=lambda n: events.index(("end", n)))
+
+        def record(name: str, output: Any) -> None:
+            outputs[name].append(_clone(output))
+            if name == last:  # nothing after the prefix is needed: stop this forward pass here
+                raise _PrefixDone
+
+        handles = [modules[n].register_forward_hook(lambda _m, _a, o, n=n: record(n, o)) for n in outer]
+        try:
+            for batch in oracle.batches:
+                try:
+                    oracle.forward(model, batch)
+                except _PrefixDone:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        if any(len(v) != len(oracle.batches) for v in outputs.values()):
+            return None  # a module ran a different number of times than the recorded call order said
+        return cls(model, outer, outputs)
+
+    @contextlib.contextmanager
+    def replaying(self, index: int):
+        """Within the block, the recorded modules return their outputs for held-out batch `index`."""
+        patched = []
+        try:
+            for name in self.names:
+                module = self.model.get_submodule(name)
+                recorded = self.outputs[name][index]
+                module.forward = lambda *args, _r=recorded, **kwargs: _clone(_r)  # instance attribute shadows it
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward
 
 
 class SoftMask:
@@ -152,6 +284,8 @@ class UnitRecord:
             baseline before this unit. macs_saved: cost saved by the unit alone at the committed ratio (probe cost).
         rho: sum of the tasks' relative loss increases per unit of cost saved (the top-k filter's key).
         evaluations: oracle evaluations. seconds: wall time of the unit.
+        kept_by_topk: the top-k filter kept the unit's removal.
+        replayed: the modules in front of the unit whose recorded outputs the oracle replayed (`PrefixCache`).
     """
 
     group: str
@@ -166,6 +300,7 @@ class UnitRecord:
     evaluations: int = 0
     seconds: float = 0.0
     kept_by_topk: bool = True
+    replayed: List[str] = field(default_factory=list)  # modules before the unit whose outputs were replayed
     order: List[int] = field(default_factory=list)  # the unit's channels, first removed first
 
     def to_dict(self) -> Dict[str, Any]:
@@ -192,7 +327,7 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
           cost: Optional[Callable[[Mapping[str, int]], float]], score: Callable[[nn.Module, ChannelGroup],
                                                                                  torch.Tensor],
           grid: Sequence[float], delta0: float, allowance: float, probe_ratio: float = 0.3,
-          progress: bool = True) -> SweepResult:
+          progress: bool = True, cache_inputs: bool = True) -> SweepResult:
     """The greedy sequential sweep on a copy of `model` (the model itself is not changed).
 
     Args:
@@ -205,6 +340,9 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
         grid: increasing ratios in (0, 1).
         delta0 / allowance: first tolerance and the total product of per-unit loss ratios.
         probe_ratio: ratio at which the cost saved orders the units.
+        progress: progress bar over units x ratios.
+        cache_inputs: replay the outputs of the modules before each unit (`PrefixCache`) instead of recomputing
+            them at every ratio.
 
     Returns:
         a `SweepResult`; ``records[i].removed`` are the committed counts.
@@ -227,6 +365,7 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
     units.sort(key=lambda g: probe[g.id], reverse=decay <= 1.0)
     records: List[UnitRecord] = []
     delta = delta0
+    events = PrefixCache.call_order(work, oracle) if cache_inputs and units else None
     from rich.progress import Progress
 
     with Progress(transient=True, disable=not progress) as bar:
@@ -236,6 +375,7 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
             rec = UnitRecord(group.id, group.size, tolerance=delta)
             order = torch.argsort(score(work, group).float().cpu(), stable=True)
             mask = SoftMask(work, group)
+            prefix = PrefixCache.build(work, group, oracle, events) if cache_inputs else None
             committed, committed_losses, tried, stepped = 0, dict(baseline), set(), 0
             for r in grid:
                 bar.advance(task)
@@ -245,7 +385,7 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
                     continue
                 tried.add(n)
                 mask.apply(order[:n])
-                losses = oracle.losses(work)
+                losses = oracle.losses(work, prefix)
                 rec.evaluations += 1
                 worst = max(losses, key=lambda t: losses[t] / max(baseline[t], 1e-12))
                 if losses[worst] > (1.0 + delta) * baseline[worst]:
@@ -261,6 +401,8 @@ def sweep(model: nn.Module, groups: Sequence[ChannelGroup], caps: Mapping[str, i
             rec.rho = increase / rec.macs_saved if rec.macs_saved > 0 else math.inf
             baseline = {t: max(baseline[t], committed_losses[t]) for t in baseline}
             rec.seconds = time.perf_counter() - t0
+            rec.replayed = list(prefix.names) if prefix is not None else []
+            del prefix
             records.append(rec)
             log.debug("pagcp unit %d/%d %s: removed %d/%d, stopped by %s (%.2fs)", i + 1, len(units), group.id,
                       committed, group.size, rec.stopped_by, rec.seconds)

@@ -10,8 +10,21 @@ import torch
 from ..errors import ConfigError
 
 
-def resolve_model(spec: str, pretrained: bool = True) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Returns (model in eval mode, a JSON spec that rebuilds the original architecture)."""
+def resolve_model(spec: str, pretrained: bool = True, allow_factory: bool = False,
+                  key: str = "model") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Returns (model in eval mode, a JSON spec that rebuilds the original architecture).
+
+    Args:
+        spec: a registry name, a Hugging Face folder, or ``module:function``.
+        pretrained: load the registry model's pretrained weights.
+        allow_factory: whether a ``module:function`` spec may be imported and called. Only a name the user typed on
+            the command line itself (``--model``) is trusted: a config file is data, and importing code it names would
+            let a shared YAML run anything (``model: os:system``).
+        key: the config key `spec` came from, named in the refusal.
+
+    Raises:
+        ConfigError: an unknown model, or a factory that `allow_factory` does not allow.
+    """
     from ..models import MODELS, build
 
     if spec in MODELS:
@@ -26,6 +39,11 @@ def resolve_model(spec: str, pretrained: bool = True) -> Tuple[torch.nn.Module, 
         model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         return model.eval(), {"hf_folder": str(path.resolve())}
     if ":" in spec:
+        if not allow_factory:
+            raise ConfigError(
+                f"config key '{key}' names the factory '{spec}' (module:function), which would import and call code; "
+                f"a factory is used only when named on the command line itself: pass --{key.replace('_', '-')} "
+                f"{spec} (never from a config file)")
         mod, _, fn = spec.partition(":")
         try:
             factory = getattr(importlib.import_module(mod), fn)

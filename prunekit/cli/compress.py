@@ -40,7 +40,7 @@ def run(args) -> int:
     from ._models import example_inputs_for, resolve_model
 
     console = Console()
-    model, spec = resolve_model(args.model)
+    model, spec = resolve_model(args.model, allow_factory=True)  # typed on the command line
     inputs = example_inputs_for(args.model, model, args.input_shape, None)
     cfg = UDFCConfig(keep=args.keep, bits=args.bits, compensation=args.compensation, partners=args.partners,
                      criterion=args.criterion, prune_uncompensable=not args.keep_uncompensable)

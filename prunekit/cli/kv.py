@@ -48,6 +48,7 @@ def add_arguments(parser) -> None:
     ev.add_argument("--decode-tokens", type=int, default=16, help="greedy steps timed for decode speed")
     ev.add_argument("--no-baseline", action="store_true", help="skip the full-cache reference run")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--out", default=None, help="folder for report.md, report.html and report.json")
 
 
 def build_press(method: str, overrides, model=None, tokenizer=None, calibrate: bool = False, save_to=None):
@@ -136,7 +137,7 @@ def run(args) -> int:
     for column in ("method", "quality", "MB @ fp32 (fixed)", "of full fp32 / fp16", "break-even B=1 / B=8",
                    "decode ms/token"):
         table.add_column(column)
-    results, full_bytes = {}, {}
+    results, full_bytes, rows, speeds = {}, {}, [], {}
     for name, item in runs:
         quality = _quality(args, model, tokenizer, item)
         at = {}
@@ -165,9 +166,36 @@ def run(args) -> int:
         else:
             row += [f"{at[n][None] / 2**20:.2f}", "", ""]
         table.add_row(*row, f"{speed:.1f}")
+        rows.append([*row, f"{speed:.1f}"])
         results[name] = quality
+        speeds[name] = speed
     Console().print(table)
+    if args.out:
+        _write_reports(args, [c.header for c in table.columns], rows, results, speeds)
     Console().print(f"memory and speed at {n} context tokens, batch 1; bytes are summed tensor storage plus the "
                     f"press's fixed bytes (CSKV factors); fp16 columns count float tensors at 2 bytes. Retrieval: "
                     f"needles found (each asked for after the compressed context).")
     return 0
+
+
+def _write_reports(args, columns, rows, results, speeds) -> None:
+    """report.json, report.md and report.html (`prunekit.report.kv_report`) into ``args.out``, one folder."""
+    import json
+    from pathlib import Path
+
+    from ..io import atomic_write_text
+    from ..report import kv_report
+
+    out = Path(args.out)
+    command = f"prunekit kv eval --model {args.model} --method {args.method}" + \
+        "".join(f" --set {o}" for o in args.overrides)
+    atomic_write_text(out / "report.json", json.dumps({"command": command, "columns": list(columns), "rows": rows,
+                                                       "quality": results, "decode_ms_per_token": speeds},
+                                                      indent=1, default=str))
+    lines = [f"# {command}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    kv_report(args.model, columns, rows, results, speeds, command).write(out / "report.html")
+    from rich.console import Console
+
+    Console().print(f"wrote {out}/ (report.json, report.md, report.html)")

@@ -53,6 +53,9 @@ class PruneConfig:
     tokens: Optional[str] = field(default=None, metadata={"help": "example token batch shape, e.g. 2,16"})
     tolerance: float = field(default=1e-4, metadata={"help": "verification tolerance (relative)"})
     latency: bool = field(default=True, metadata={"help": "measure latency before and after"})
+    sensitivity: bool = field(default=False, metadata={"help": "measure per-group sensitivity curves on held-out "
+                                                                 "data for report.html (cached; as prunekit analyze "
+                                                                 "--sensitivity); without it cached curves are shown"})
     out: str = field(default="prunekit-out", metadata={"help": "output folder"})
     plan: PlanConfig = field(default_factory=PlanConfig)
 
@@ -145,10 +148,25 @@ def _folded(data: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run(args) -> int:
-    return prune_to_folder(config_from_args(args))
+    return prune_to_folder(config_from_args(args), allow_factory=model_typed_on_command_line(args))
 
 
-def prune_to_folder(cfg: PruneConfig) -> int:
+def model_typed_on_command_line(args) -> Optional[str]:
+    """The ``model`` value the user typed in this command line (``--model`` or ``--set model=``), else None.
+
+    Only such a value may name a ``module:function`` factory: a ``--config`` file is data that may come from anyone.
+    """
+    typed = getattr(args, "cfg__model", None)
+    for item in getattr(args, "overrides", None) or ():
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() == "model":
+            typed = raw.strip()
+    return None if typed is None else str(typed)
+
+
+def prune_to_folder(cfg: PruneConfig, allow_factory: Optional[str] = None) -> int:
+    """Prune `cfg.model` into `cfg.out`; a ``module:function`` model is imported only when it equals `allow_factory`.
+    """
     import prunekit
     from rich.console import Console
 
@@ -162,7 +180,8 @@ def prune_to_folder(cfg: PruneConfig) -> int:
     check_destination(cfg.out)  # a bad --out is refused before the work, not after it
     plan_cfg = cfg.plan
     plan_cfg.check_calibration(plan_cfg.calibration.data is not None)  # before loading anything
-    model, spec = resolve_model(cfg.model)
+    typed = allow_factory is not None and cfg.model == allow_factory
+    model, spec = resolve_model(cfg.model, allow_factory=typed)
     inputs = example_inputs_for(cfg.model, model, cfg.input_shape, cfg.tokens)
     calibration, loss_fn = None, None
     if plan_cfg.calibration.data is not None and plan_cfg.criterion.requires():
@@ -173,6 +192,11 @@ def prune_to_folder(cfg: PruneConfig) -> int:
     with console.status("tracing the model"):
         analysis = analyse(model, inputs, strict=plan_cfg.strict)
     console.print(f"{len(analysis.groups)} channel groups, {len(analysis.prunable())} prunable")
+    curves = None
+    if cfg.sensitivity:  # before planning: the 'sensitivity' criterion reads these curves from the cache
+        from .analyze import sensitivity_for
+
+        curves = sensitivity_for(cfg.model, model, inputs, analysis, data=plan_cfg.calibration.data)
     with console.status("planning"):
         plan = prunekit.plan(model, inputs, plan_cfg, model_spec=spec, analysis=analysis, calibration=calibration,
                              loss_fn=loss_fn)
@@ -182,14 +206,33 @@ def prune_to_folder(cfg: PruneConfig) -> int:
     with console.status("removing channels and verifying"):
         pruned = prunekit.apply(model, plan, inputs, analysis=analysis, tolerance=cfg.tolerance)
     report = build_report(model, pruned, inputs, analysis, latency=cfg.latency)
-    prunekit.save(pruned, plan, cfg.out, extra=report.write)  # one atomic folder: checkpoint, hf/, report
+    page = _html_report(cfg, model, pruned, inputs, report, plan, curves)
+    prunekit.save(pruned, plan, cfg.out, extra=lambda folder: (report.write(folder),  # one atomic folder:
+                                                                 page.write(Path(folder) / "report.html")))
     report.print(f"prunekit prune {cfg.model}")
     _warn_if_nothing_removed(plan, console)
     if (Path(cfg.out) / "hf").is_dir():
         console.print(f"Hugging Face folder: {cfg.out}/hf (prunekit.export.load_pretrained; plain from_pretrained "
                       f"too when the widths are uniform)")
-    console.print(f"wrote {cfg.out}/ (model.safetensors, plan.json, report.json, report.md, widths.png)")
+    console.print(f"wrote {cfg.out}/ (model.safetensors, plan.json, report.json, report.md, report.html, "
+                  f"widths.png)")
     return 0
+
+
+def _html_report(cfg: PruneConfig, model, pruned, inputs, report, plan, curves=None):
+    """report.html: the report's tables, latency per runtime, and sensitivity curves (`curves`, else this model's
+    cached ones)."""
+    from ..metrics.sanity import nothing_removed_message
+    from ..planning.sensitivity import latest_cached
+    from ..report import prune_report
+    from ..report.latency import runtime_latencies
+
+    latency = runtime_latencies(model, pruned, inputs, (report.before.latency_ms, report.after.latency_ms)) \
+        if cfg.latency else {}
+    warning = nothing_removed_message(plan)
+    return prune_report(report, f"prunekit prune {cfg.model}", latency=latency,
+                        sensitivity=curves if curves is not None else latest_cached(model),
+                        warnings=[warning] if warning else [])
 
 
 def _warn_if_nothing_removed(plan, console) -> None:

@@ -65,6 +65,7 @@ def run(args) -> int:
         return 0
     console.print(f"running recipe [bold]{recipe.name}[/bold] into {recipe.config.out_dir}")
     result = recipe.run()
+    _write_reports(result, recipe.config.out_dir, args)
     if result["status"] != "complete":
         console.print(f"stopped in stage '{result.get('stopped_in')}' (max_steps): rerun the same command to resume")
         return 0
@@ -73,5 +74,23 @@ def run(args) -> int:
     console.print(f"{metric} {result[metric]:.4f}  params {result['params']:,} ({result['params_keep']:.3f} of "
                   f"{base['params']:,})  MACs/example {result['macs']:,} ({result['macs_keep']:.3f} of "
                   f"{base['macs']:,})  latency {result['latency_ms']:.2f} ms")
-    console.print(f"model: {result['model_dir']}  result: {recipe.config.out_dir}/result.json")
+    console.print(f"model: {result['model_dir']}  result: {recipe.config.out_dir}/result.json  report: "
+                  f"{recipe.config.out_dir}/report.html")
     return 0
+
+
+def _write_reports(result, out_dir, args) -> None:
+    """report.md (before/after table) and report.html (plus widths and training curves) beside result.json."""
+    from pathlib import Path
+
+    from ..io import atomic_write_text
+    from ..report import run_report
+
+    command = f"prunekit run {args.recipe}" + (f" --config {args.config}" if args.config else "")
+    page = run_report(result, out_dir, command)
+    page.write(Path(out_dir) / "report.html")
+    base, lines = result.get("original") or {}, [f"# {command}", "", f"status: {result.get('status')}", ""]
+    keys = [k for k in ([result.get("metric")] + ["params", "macs", "latency_ms"]) if k in result and k in base]
+    if keys:
+        lines += ["| | before | after |", "|---|---|---|"] + [f"| {k} | {base[k]} | {result[k]} |" for k in keys]
+    atomic_write_text(Path(out_dir) / "report.md", "\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ BatchNorm parameters describe it: the consumer reads ``act(BN(conv(x)))`` (possi
 follows the tensors of one forward pass (example inputs are random: no data is read) and gives each tensor a
 `Description` when it derives from a BatchNorm output by per-channel operations:
 
-* a BN output: pre-activation z ~ N(beta, gamma^2) per channel (``source`` = the BN module);
+* a BN output: pre-activation z ~ N(beta, s^2) per channel, s = |gamma| sqrt(var / (var + eps))
+  (`sources.bn_output_std`; ``source`` = the BN module);
 * ``relu``: rectified-Gaussian mean and variance; ``silu`` / ``gelu``: kept by name (no closed-form moments here,
   consumers of them are refused by the compensation, not silently approximated);
 * pools, dropout, flatten, clone: the description passes (pooling is an approximation, recorded in ``ops``);
@@ -27,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.trace import call_model
 from .moments import relu_mean, relu_second_moment
+from .sources import bn_output_std
 
 _ACTIVATIONS = {"relu": "relu", "relu_": "relu", "silu": "silu", "silu_": "silu", "gelu": "gelu"}
 _PASS = {"max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d",
@@ -42,7 +44,7 @@ class Description:
     Attributes:
         source: the BN module the tensor derives from, or None for a moment-matched sum (residual stream).
         ops: the per-channel operations applied since the BN (``("relu", "max_pool2d")``).
-        pre_mean / pre_std: [C] the Gaussian pre-activation (beta and |gamma| for a BN output).
+        pre_mean / pre_std: [C] the Gaussian pre-activation (beta and `sources.bn_output_std` for a BN output).
         mean / var: [C] this tensor's mean and variance under the Gaussian model (float64).
     """
 
@@ -112,7 +114,7 @@ class _Mode(TorchFunctionMode):
                 made = self.made_by.get(id(first))
                 if made is not None and made[0] is first:
                     self.follower[made[1]] = owner[0]
-                beta, gamma = bn.bias.detach().double(), bn.weight.detach().double().abs()
+                beta, gamma = bn.bias.detach().double(), bn_output_std(bn)
                 self.put(out, Description(owner[0], (), beta, gamma, beta.clone(), gamma ** 2))
         elif name in _ACTIVATIONS:
             d = self.get(first)

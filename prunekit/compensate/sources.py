@@ -24,6 +24,18 @@ from .closed_form import Moments
 from .moments import relu_cross_moment, relu_mean, relu_second_moment
 
 
+def bn_output_std(bn: nn.Module) -> torch.Tensor:
+    """[C] standard deviation of a BatchNorm's output when its running statistics hold, float64.
+
+    The BN computes gamma (y - mu) / sqrt(var + eps) + beta, so with Var(y) = var the output deviation is
+    |gamma| sqrt(var / (var + eps)), not |gamma|. The two differ where the running variance is comparable to eps:
+    the nearly dead channels of deep blocks (ResNet-56 option B has layers where the median channel's factor is
+    0.06), and treating those as N(beta, gamma^2) overstates their spread and their correlation with the rest.
+    """
+    var = bn.running_var.detach().double().clamp_min(0.0)
+    return bn.weight.detach().double().abs() * torch.sqrt(var / (var + bn.eps))
+
+
 def input_metric(weight_shape: torch.Tensor, channel_var: Optional[torch.Tensor], spatial_corr: float):
     """The input second-order model as a function ``inner(a, b) -> a M b^T`` on flattened filters [*, C_in * k].
 
@@ -55,7 +67,8 @@ def bn_moments(w_ref: torch.Tensor, w_new: torch.Tensor, beta: torch.Tensor, gam
 
     Args:
         w_ref: [C, n] folded original filters (flattened). w_new: [C, n] folded damaged filters.
-        beta, gamma: [C] the BatchNorm's shift and scale.
+        beta, gamma: [C] the BatchNorm's shift and the deviation of its output (`bn_output_std`; the sign of a
+            negative scale is carried by the folded filters, only |gamma| is used).
         kept: [K] long indices of the kept channels.
         partners: ``"single"`` (diagonal gram) or ``"all"`` (full gram).
         inner: the input model ``inner(a, b) = a M b^T`` (`input_metric`); None: M = I (white input).

@@ -34,9 +34,10 @@ from ..quant.uniform import check_bits, dequantize, quantize_per_channel, quanti
 from .closed_form import Moments, centered, estimated_error, neuron_merging_scales, solve
 from .layers import CompensableLayer, find_layers
 from .probe import Probe, probe_model
-from .sources import bn_moments, input_metric, measured_moments, record_inputs, run_layer
+from .sources import bn_moments, bn_output_std, input_metric, measured_moments, record_inputs, run_layer
 
 COMPENSATIONS = ("udfc", "neuron_merging", "none")
+SELECTIONS = ("plan", "reconstruction")
 
 
 @dataclass
@@ -58,6 +59,15 @@ class UDFCConfig:
         spatial_corr: correlation of neighbouring input pixels assumed in the filter inner product (0: none).
         bias_correction: restore each changed layer's expected output (UDFC only).
         criterion: `prunekit.plan` criterion choosing the channels when no plan is given.
+        selection: ``reconstruction`` (the default: keep each compensable group's count from the plan or the
+            criterion, but prune the channels the kept ones rebuild best, `select.greedy_prune`, the data-free
+            smallest-l(s*) choice of methods.md) or ``plan`` (exactly the plan's channels). Only the ``udfc``
+            compensation re-selects; ``neuron_merging`` and ``none`` always prune the plan's channels.
+        guard: per layer, the smallest estimated relative gain of the closed form over the better of Neuron
+            Merging and no compensation (both under the same data-free moments) for which it is used; below it the
+            layer falls back to that baseline (`_guard`). None: no guard.
+        guard_to: the fallback: ``best`` (the baseline with the smaller estimated error), ``neuron_merging``
+            (its rule where channels were pruned, else no compensation) or ``none``.
         prune_uncompensable: also prune groups the closed form cannot cover (they are reported); False keeps them.
         nm_lambda / nm_threshold: Neuron Merging's partner weighting and cosine threshold.
     """
@@ -75,6 +85,9 @@ class UDFCConfig:
     spatial_corr: float = 0.0
     bias_correction: bool = True
     criterion: str = "l1"
+    selection: str = "reconstruction"
+    guard: Optional[float] = None
+    guard_to: str = "best"
     prune_uncompensable: bool = True
     nm_lambda: float = 0.85
     nm_threshold: float = 0.1
@@ -94,6 +107,12 @@ class UDFCConfig:
             raise ConfigError(f"udfc: input_model must be 'white' or 'bn', got {self.input_model!r}")
         if not 0.0 <= self.spatial_corr < 1.0:
             raise ConfigError(f"udfc: spatial_corr must lie in [0, 1), got {self.spatial_corr}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"udfc: selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.guard is not None and not 0.0 <= float(self.guard) < 1.0:
+            raise ConfigError(f"udfc: guard must lie in [0, 1) or be None, got {self.guard}")
+        if self.guard_to not in ("best", "neuron_merging", "none"):
+            raise ConfigError(f"udfc: guard_to must be 'best', 'neuron_merging' or 'none', got {self.guard_to!r}")
         if self.ridge < 0:
             raise ConfigError(f"udfc: ridge must be >= 0, got {self.ridge}")
 
@@ -166,6 +185,24 @@ def _kept(size: int, removed: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask).flatten()
 
 
+def _reselect(model: nn.Module, layers: Dict[str, CompensableLayer], probe: Probe,
+              removed: Dict[str, torch.Tensor], ridge: float):
+    """`select.reselect` on the original model's folded filters and consumer columns."""
+    from .select import reselect
+
+    mods = dict(model.named_modules())
+
+    def reference(lay: CompensableLayer):
+        bn = mods[lay.bn]
+        w, _ = folded_weight_bias(mods[lay.producer], bn)
+        return w, bn.bias.detach(), bn_output_std(bn)
+
+    def columns(lay: CompensableLayer):
+        return [mods[c].weight.detach().index_select(1, pos).transpose(0, 1) for c, pos in lay.consumers]
+
+    return reselect(removed, layers, reference, columns, ridge)
+
+
 def _layer_moments(st: _Work, lay: CompensableLayer, kept: torch.Tensor, calibration_inputs) -> Moments:
     w_ref, b_ref = st.reference(lay.producer)
     w_new, _ = st.damaged(lay.producer)
@@ -174,7 +211,7 @@ def _layer_moments(st: _Work, lay: CompensableLayer, kept: torch.Tensor, calibra
         d = st.probe.inputs.get(lay.producer)
         var = d.var if (st.cfg.input_model == "bn" and d is not None) else None
         inner = input_metric(w_ref.shape, var, st.cfg.spatial_corr)
-        return bn_moments(w_ref.flatten(1), w_new.flatten(1), bn.bias.detach(), bn.weight.detach(), kept,
+        return bn_moments(w_ref.flatten(1), w_new.flatten(1), bn.bias.detach(), bn_output_std(bn), kept,
                           st.cfg.partners, inner)
     return measured_moments(st.mo[lay.producer], calibration_inputs[lay.producer], w_ref, b_ref, w_new, b_ref,
                             kept, st.cfg.partners)
@@ -203,6 +240,8 @@ def _compensate(st: _Work, lay: CompensableLayer, size: int, calibration_inputs)
         norms = sum(st.mw[c].weight.detach().double().index_select(1, pos).transpose(0, 1).flatten(1).pow(2).sum(1)
                     for c, pos in lay.consumers)
         row.update(estimated_error_naive=estimated_error(m, naive, norms), estimated_error=estimated_error(m, S, norms))
+        if cfg.guard is not None:
+            S = _guard(st, lay, kept, m, S, naive, norms, row)
         for consumer, pos in lay.consumers:
             for k, value in zip(pos[kept].tolist(), m.mean_d.tolist()):
                 st.mean_override[consumer][k] = value
@@ -214,6 +253,35 @@ def _compensate(st: _Work, lay: CompensableLayer, size: int, calibration_inputs)
             new = torch.einsum("oc...,ck->ok...", cols, S)
             weight[:, pos[kept]] = new.to(weight.dtype)
     return row
+
+
+def _guard(st: _Work, lay: CompensableLayer, kept: torch.Tensor, m: Moments, S: torch.Tensor, naive: torch.Tensor,
+           norms: torch.Tensor, row: Dict[str, Any]) -> torch.Tensor:
+    """Keep the closed form only where its estimated gain over the baselines it contains is worth the risk.
+
+    The closed form is optimal under the data-free moments, so under those moments it never loses; it loses on
+    real data where the moments are wrong. Its estimated relative gain over the better of Neuron Merging's rule and
+    no compensation (errors under the same centred moments, the consumer-weighted objective the solve minimises)
+    is compared with ``guard``: below it the gain is within the moments' own error, and the layer takes the
+    ``guard_to`` baseline instead (bias correction still applies to it). The choice is in the layer's report row.
+    """
+    cfg = st.cfg
+    mc = centered(m) if cfg.centered else m
+    options = {"udfc": S, "none": naive}
+    if kept.numel() < S.shape[0]:
+        prod, bn = st.mo[lay.producer], st.mo[lay.bn]
+        std = torch.sqrt(bn.running_var.detach().double() + bn.eps)
+        options["neuron_merging"] = neuron_merging_scales(prod.weight.detach(), bn.weight.detach(),
+                                                          bn.bias.detach(), bn.running_mean.detach(), std, kept,
+                                                          cfg.nm_lambda, cfg.nm_threshold)
+    errors = {k: estimated_error(mc, v, norms) for k, v in options.items()}
+    fallback = cfg.guard_to if cfg.guard_to in options else "none"
+    if cfg.guard_to == "best":
+        fallback = min((k for k in errors if k != "udfc"), key=errors.get)
+    gain = 1.0 - errors["udfc"] / max(errors[fallback], 1e-30)
+    choice = "udfc" if gain >= cfg.guard else fallback
+    row.update(guard_gain=gain, guard_errors=errors, choice=choice)
+    return options[choice]
 
 
 def _correct_biases(st: _Work, input_means: Dict[str, Optional[torch.Tensor]]) -> Dict[str, List[str]]:
@@ -323,6 +391,12 @@ def compress(model: nn.Module, inputs: Any, config: Optional[UDFCConfig] = None,
     if plan is not None and not cfg.prune_uncompensable:
         plan = dataclasses.replace(plan, removed={k: v for k, v in plan.removed.items() if k in layers})
     removed = {k: v for k, v in (plan.removed_tensors() if plan is not None else {}).items() if v.numel()}
+    selection_errors: Dict[str, float] = {}
+    if cfg.selection == "reconstruction" and cfg.compensation == "udfc" and removed:
+        removed, selection_errors = _reselect(model, layers, probe, removed, cfg.ridge)
+        plan = dataclasses.replace(plan, removed={k: (removed[k].tolist() if k in removed else list(v))
+                                                  for k, v in plan.removed.items()},
+                                   provenance={**plan.provenance, "udfc_selection": "reconstruction"})
     st = _Work(model, cfg, probe, removed, analysis.groups)
     sizes = {g.id: g.size for g in analysis.groups}
     keep_inputs = [lay.producer for lay in layers.values()]
@@ -359,6 +433,7 @@ def compress(model: nn.Module, inputs: Any, config: Optional[UDFCConfig] = None,
     report = {
         "config": dataclasses.asdict(cfg),
         "removed_channels": int(sum(v.numel() for v in removed.values())),
+        "selection_estimated_error": selection_errors,
         "layers": rows,
         "compensable_groups": sorted(layers),
         "uncompensated_pruned_groups": {gid: refused.get(gid, "not compensable") for gid in removed

@@ -16,6 +16,7 @@ def attach(model, inputs, config=None, input_shape=None) -> DynamicChannelModel:
         config: a `DynamicConfig` (default: mass 0.9, decoupled).
         input_shape: one input without batch (default: ``inputs.shape[1:]``).
     """
-    sites, dense = find_sites(model, inputs)
-    return DynamicChannelModel(model, sites, config or DynamicConfig(), dense,
+    config = config or DynamicConfig()
+    sites, dense = find_sites(model, inputs, config.gate_tied)
+    return DynamicChannelModel(model, sites, config, dense,
                                tuple(input_shape or inputs.shape[1:]))

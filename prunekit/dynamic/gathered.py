@@ -68,32 +68,54 @@ class GatheredConv(nn.Module):
         for _, pos in self.reads:
             unread[pos] = False
         self.register_buffer("unread", torch.nonzero(unread).flatten())  # input channels no site owns
+        # a narrow input from a site that owns all inputs in order: the kept indices are the input positions
+        self.identity_in = bool(narrow_in and torch.equal(self.reads[0][1], torch.arange(conv.in_channels)))
+        if predictor is not None:
+            self.register_buffer("pred_weight_t", predictor.fc.weight.detach().t().contiguous())
+            self.register_buffer("pred_bias", predictor.fc.bias.detach().view(1, -1).clone())
 
     def _input_index(self) -> torch.Tensor:
         """Positions of the input channels read now (those no site owns, then each site's kept ones)."""
-        parts = [self.unread] + [pos[self.kept[name]] for name, pos in self.reads]
+        parts = [self.unread] + [pos.index_select(0, self.kept[name]) for name, pos in self.reads]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _predict(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Kept filter indices from the pooled full-width input ``[1, C_in]`` (the predictor's linear layer as one
+        ``addmm``: at batch 1 every module call and transpose counts)."""
+        if self.predictor.softmax:
+            pooled = pooled.softmax(dim=1)
+        logits = torch.addmm(self.pred_bias, pooled, self.pred_weight_t)
+        return torch.nonzero(logits[0] > 0).flatten()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != 1:
             raise ConfigError(f"dynamic: the gathered path runs one input at a time, got a batch of {x.shape[0]}")
-        weight, inp, full = self.weight, x, x
-        if self.narrow_in:
-            index = self.reads[0][1][self.kept[self.reads[0][0]]]
-            weight = weight.index_select(1, index)
-            if self.site is not None:  # the predictor reads the pooled input at full width (zeros where masked)
-                full = x.new_zeros((1, self.in_channels, 1, 1)).index_copy_(1, index, x.mean(dim=(2, 3), keepdim=True))
+        weight, inp = self.weight, x
+        index = None
+        if self.narrow_in:  # x holds only the source site's kept channels, in order
+            name, pos = self.reads[0]
+            index = self.kept[name] if self.identity_in else pos.index_select(0, self.kept[name])
         elif self.reads:
             index = self._input_index()
             inp = x.index_select(1, index)
-            weight = weight.index_select(1, index)
         if self.site is None:
+            if index is not None and index.numel() < self.in_channels:
+                weight = weight.index_select(1, index)
             return _conv(inp, weight, self.bias, self)
-        keep = torch.nonzero(self.predictor(full)[0] > 0).flatten()
+        pooled = x.mean(dim=(2, 3))  # full width (zeros where masked) unless the input arrived narrow
+        if self.narrow_in and index.numel() < self.in_channels:  # the predictor reads zeros where masked
+            pooled = pooled.new_zeros((1, self.in_channels)).index_copy_(1, index, pooled)
+        keep = self._predict(pooled)
         self.kept[self.site] = keep
-        weight = weight.index_select(0, keep)
-        y = _conv(inp, weight, self.bias.index_select(0, keep) if self.bias is not None else None, self)
-        if self.narrow_out:
+        everything = keep.numel() == self.out_channels
+        bias = self.bias
+        if not everything:  # gather the kept filters first: the input-side gather then moves fewer weights
+            weight = weight.index_select(0, keep)
+            bias = bias.index_select(0, keep) if bias is not None else None
+        if index is not None and index.numel() < self.in_channels:
+            weight = weight.index_select(1, index)
+        y = _conv(inp, weight, bias, self)
+        if self.narrow_out or everything:
             return y
         out = x.new_zeros((1, self.out_channels, y.shape[2], y.shape[3]))
         return out.index_copy_(1, keep, y)
@@ -210,3 +232,32 @@ def check_equal(dyn: DynamicChannelModel, gathered: GatheredModel, x: torch.Tens
         raise ConfigError(f"dynamic: the gathered path differs from the masked dense model by {error:.3g} (relative, "
                           f"> {tolerance}); an operation between two masked layers may not map zero to zero")
     return error
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """An eval-mode copy of `model` with every BatchNorm that reads a conv's output folded into that conv.
+
+    The fair dense baseline for the gathered path, which folds its sites' BatchNorms the same way: the speed-up
+    measured against it comes from the skipped filters alone.
+
+    Args:
+        model: a CNN. example: one input ``[1, C, H, W]`` (one forward finds the conv -> BatchNorm pairs).
+    """
+    from .sites import _gates
+
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    for pair in _gates(folded, example, set()):
+        if not pair.norm:
+            continue
+        conv, norm = modules[pair.conv], modules[pair.norm]
+        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias.detach() - norm.running_mean * scale
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, bias=True)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            new.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
+        _replace(folded, pair.conv, new)
+        _replace(folded, pair.norm, nn.Identity())
+    return folded.eval()

@@ -41,7 +41,11 @@ class DynamicConfig:
         mode: ``decoupled`` (predictors read detached inputs) or ``joint`` (the mask loss reaches the backbone).
         softmax: softmax over the pooled input channels inside each predictor.
         gt_activation: activation applied to the masked layer's output before measuring filter strength
-            (``relu``: the CNNs here follow every BatchNorm with ReLU; ``abs``: the raw output's magnitude).
+            (``relu``: the CNNs here follow every BatchNorm with ReLU; ``abs``: the raw output's magnitude). Gate
+            sites (``tied``: a residual branch's output, masked before the add) always use ``abs``, FTWT's ground
+            truth "before the residual".
+        gate_tied: also gate the filters of convs whose channels are tied across residual adds (the stem, each
+            block's last conv), as FTWT does; output-side savings only (`prunekit.dynamic.sites`).
     """
 
     gt_mode: str = "mass"
@@ -49,6 +53,7 @@ class DynamicConfig:
     mode: str = "decoupled"
     softmax: bool = True
     gt_activation: str = "relu"
+    gate_tied: bool = True
 
     def __post_init__(self):
         if self.gt_mode not in MODES:
@@ -158,7 +163,8 @@ class DynamicChannelModel(nn.Module):
     def _mask(self, site: MaskSite, out: torch.Tensor) -> torch.Tensor:
         logits = self._logits[site.conv]
         if self.supervise or self.mask_source == "labels" or not self.training:
-            act = F.relu(out.detach()) if self.config.gt_activation == "relu" else out.detach()
+            relu = self.config.gt_activation == "relu" and not site.tied
+            act = F.relu(out.detach()) if relu else out.detach()
             gt = labels(channel_strength(act), self.config.gt_mode, self.config.threshold)
             self.last_labels[site.conv] = gt
             if self.supervise and torch.is_grad_enabled():

@@ -1,16 +1,22 @@
-"""Where a CNN can take per-input channel masks: one site per engine channel group with a single producing conv.
+"""Where a CNN can take per-input channel masks: engine channel groups with a single producing conv, plus gates.
 
 `find_sites` asks the engine (`prunekit.analyze`) which channels move together. A group becomes a mask site when one
 ungrouped ``Conv2d`` produces it (dim 0 of its weight), optionally followed by the group's BatchNorm; the mask then
-multiplies that BatchNorm's (or the conv's) output. Every other group stays dense, with the reason recorded:
+multiplies that BatchNorm's (or the conv's) output, and the consumers of the site (convolutions reading its channels
+along dim 1 of their weight) skip the masked input channels in the gathered execution path.
 
-- several producers: the channel is tied across a residual add, so zeroing one producer's output would not zero the
+Every other group stays as a group (it cannot be masked as one unit), with the reason recorded:
+
+- several producers: the channel is tied across a residual add, so zeroing one producer's output does not zero the
   channel in the sum (the identity path still carries it); a mask shared by the whole stage would need one decision
   for all its layers, which FTWT does not make;
 - the engine refused the group (its reason is kept), or the producer is not a plain conv.
 
-Consumers of a site (convolutions reading its channels along dim 1 of their weight) can skip the masked input
-channels in the gathered execution path.
+With ``gate_tied`` (the default, as FTWT's ResNets: the stem and each block's second conv carry a predictor, masked
+before the residual add), every other ungrouped ``Conv2d`` becomes a *gate* site (``tied=True``): its filters are
+masked per input (their outputs are zero, so their MACs are skipped), but nobody downstream skips input channels,
+because the sum they feed is still dense. The gate's labels measure the magnitude of what the conv adds (``abs`` of
+the BatchNorm output, FTWT's ground truth "before the residual"), as that output is not followed by its own ReLU.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ class MaskSite:
             group's channel i).
         other_readers: modules reading the channels that are not such convolutions (a linear head, a grouped conv):
             they see the masked channels as zeros.
+        tied: a gate on one producer of a group tied across residual adds (filters skipped, no consumer skips).
     """
 
     group: str
@@ -42,6 +49,7 @@ class MaskSite:
     channels: int
     consumers: Dict[str, List[int]] = field(default_factory=dict)
     other_readers: List[str] = field(default_factory=list)
+    tied: bool = False
 
     @property
     def mask_module(self) -> str:
@@ -55,7 +63,8 @@ class MaskSite:
         return cls(group=str(data["group"]), conv=str(data["conv"]), norm=str(data["norm"]),
                    channels=int(data["channels"]),
                    consumers={str(k): [int(i) for i in v] for k, v in dict(data.get("consumers", {})).items()},
-                   other_readers=[str(v) for v in data.get("other_readers", [])])
+                   other_readers=[str(v) for v in data.get("other_readers", [])],
+                   tied=bool(data.get("tied", False)))
 
 
 def _plain_conv(module: nn.Module) -> bool:
@@ -71,7 +80,7 @@ def _site_of(group, modules: Dict[str, nn.Module]) -> Tuple[MaskSite | None, str
         names = sorted({m.module for m in producers})
         return None, (f"channel tied across a residual add by {len(names)} producers ({', '.join(names[:4])}"
                       f"{' ...' if len(names) > 4 else ''}): masking one producer would not zero the channel in the "
-                      f"sum, so the group stays dense")
+                      f"sum, so no reader can skip it (with gate_tied, each producer's filters are gated alone)")
     conv = producers[0]
     if not _plain_conv(modules.get(conv.module)):
         return None, f"producer '{conv.module}' is not an ungrouped Conv2d"
@@ -92,15 +101,17 @@ def _site_of(group, modules: Dict[str, nn.Module]) -> Tuple[MaskSite | None, str
                     sorted(others - set(consumers))), ""
 
 
-def find_sites(model: nn.Module, inputs: Any) -> Tuple[List[MaskSite], Dict[str, str]]:
-    """Mask sites of `model` from the engine's channel groups.
+def find_sites(model: nn.Module, inputs: Any, gate_tied: bool = True) -> Tuple[List[MaskSite], Dict[str, str]]:
+    """Mask sites of `model` from the engine's channel groups (and gates on every other conv).
 
     Args:
         model: a CNN the engine can trace.
         inputs: example inputs, e.g. ``[1, 3, 32, 32]``.
+        gate_tied: also gate the filters of every ungrouped conv that is not a group's single producer (residual
+            branch outputs, the stem): output-side savings only.
 
     Returns:
-        (sites in forward order, ``{group id: why it stays dense}`` for every other group).
+        (sites in forward order, ``{group id: why it is not masked as one unit}`` for every other group).
     """
     import prunekit
 
@@ -116,6 +127,8 @@ def find_sites(model: nn.Module, inputs: Any) -> Tuple[List[MaskSite], Dict[str,
     for s in _norm_not_after_conv(model, inputs, sites):
         dense[s.group] = f"BatchNorm '{s.norm}' does not read conv '{s.conv}' directly: a mask between them is undefined"
         sites.remove(s)
+    if gate_tied:
+        sites += _gates(model, inputs, {s.conv for s in sites})
     order = {name: i for i, name in enumerate(modules)}
     return sorted(sites, key=lambda s: order[s.conv]), dense
 
@@ -140,3 +153,31 @@ def _norm_not_after_conv(model: nn.Module, inputs: Any, sites: List[MaskSite]) -
         for h in handles:
             h.remove()
     return [s for s in sites if s.norm and norm_inputs.get(s.norm) is not outputs.get(s.conv)]
+
+
+def _gates(model: nn.Module, inputs: Any, taken: set) -> List[MaskSite]:
+    """A gate site for every ungrouped conv not in `taken` that runs on `inputs`, with the BatchNorm that reads
+    exactly its output (checked on one forward), if any."""
+    from ..graph.trace import call_model
+
+    outputs, norm_of, handles = {}, {}, []
+    for name, m in model.named_modules():
+        if _plain_conv(m) and name not in taken:
+            handles.append(m.register_forward_hook(
+                lambda mod, args, out, name=name: outputs.__setitem__(id(out), (name, out))))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            def pre(mod, args, name=name):
+                hit = outputs.get(id(args[0]))
+                if hit is not None and hit[1] is args[0]:
+                    norm_of.setdefault(hit[0], name)
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            call_model(model, inputs, None)
+    finally:
+        for h in handles:
+            h.remove()
+    convs = {name for name, _ in outputs.values()}
+    modules = dict(model.named_modules())
+    return [MaskSite(group=f"gate:{name}", conv=name, norm=norm_of.get(name, ""),
+                     channels=modules[name].out_channels, tied=True) for name in sorted(convs)]

@@ -1,5 +1,8 @@
 """Training a `DynamicChannelModel` (FTWT, paper 9): predictor warm-up, then masked training with a cool-down.
 
+0. Fit (an addition for short CPU budgets, ``fit_images: 0`` turns it off): each predictor fitted full-batch on
+   pooled inputs and labels cached from a few hundred training images (`prunekit.dynamic.fit`), first unmasked, then
+   under the masks fitted so far.
 1. Warm-up (an addition for short CPU budgets, 0 steps turns it off): the backbone frozen and unmasked, only the
    predictors learn their labels, so masked training does not start from random masks.
 2. Masked training with the reference loop (`prunekit.train.loop.train`): task loss plus
@@ -30,6 +33,8 @@ class DynamicTrainConfig:
         warmup_steps: predictor-only steps before masked training (backbone frozen, no masks).
         batch_size: items per step. max_steps: stop masked training after this many steps (smoke runs).
         seed: data order and initialisation.
+        fit_images: training images cached to fit the predictors before training (0: no fit).
+        fit_rounds / fit_iters: caching rounds and full-batch Adam steps per predictor and round.
     """
 
     epochs: int = 1
@@ -42,6 +47,9 @@ class DynamicTrainConfig:
     batch_size: int = 128
     max_steps: Optional[int] = None
     seed: int = 0
+    fit_images: int = 0
+    fit_rounds: int = 2
+    fit_iters: int = 300
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -52,6 +60,8 @@ class DynamicTrainConfig:
             raise ConfigError(f"dynamic training: cooldown must lie in [0, 1], got {self.cooldown}")
         if self.warmup_steps < 0 or (self.max_steps is not None and self.max_steps < 1):
             raise ConfigError("dynamic training: warmup_steps must be >= 0 and max_steps >= 1 or null")
+        if self.fit_images < 0 or self.fit_rounds < 1 or self.fit_iters < 1:
+            raise ConfigError("dynamic training: fit_images must be >= 0, fit_rounds and fit_iters >= 1")
 
 
 def warm_up_predictors(dyn: DynamicChannelModel, dataset: Dataset, steps: int, lr: float, batch_size: int,
@@ -124,13 +134,18 @@ class FTWTHook:
 
 def train_dynamic(dyn: DynamicChannelModel, dataset: Dataset, cfg: DynamicTrainConfig,
                   progress: bool = True) -> Dict[str, Any]:
-    """Warm the predictors up, then train backbone and predictors with masks (in place).
+    """Fit and warm the predictors up, then train backbone and predictors with masks (in place).
 
     Returns:
-        ``{"warmup_loss", "steps", "final_loss", "seconds"}``.
+        ``{"fit_agreement", "warmup_loss", "steps", "final_loss", "seconds"}``.
     """
     from ..train.loop import TrainConfig, train
+    from .fit import fit_predictors
 
+    fitted = float("nan")
+    if cfg.fit_images > 0:
+        agreement = fit_predictors(dyn, dataset, cfg.fit_images, cfg.fit_rounds, cfg.fit_iters, seed=cfg.seed)
+        fitted = sum(agreement.values()) / len(agreement)
     warm = warm_up_predictors(dyn, dataset, cfg.warmup_steps, cfg.predictor_lr, cfg.batch_size, cfg.seed)
     dyn.mask_source = "predicted"
     loop = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -139,4 +154,4 @@ def train_dynamic(dyn: DynamicChannelModel, dataset: Dataset, cfg: DynamicTrainC
     result = train(dyn, dataset, loop, hooks=[FTWTHook(cfg)])
     dyn.eval()
     dyn.supervise = False
-    return {"warmup_loss": warm, "steps": result.steps, "final_loss": result.final_loss, "seconds": result.seconds}
+    return {"fit_agreement": fitted, "warmup_loss": warm, "steps": result.steps, "final_loss": result.final_loss, "seconds": result.seconds}

@@ -23,6 +23,8 @@ class Analysis:
         examples: how many example inputs were traced.
         model_id: ``id()`` of the traced model (so `apply` can reuse the analysis of the model a plan was made on).
         called: modules whose forward ran (verification masks their tensors while they run).
+        attributes: module and config attributes that sizes in the forward were read from and that follow the
+            removed units (`graph.attr_solve.AttrRewrite`); `apply` rewrites them.
     """
 
     groups: List[ChannelGroup]
@@ -33,6 +35,7 @@ class Analysis:
     examples: int = 1
     model_id: Optional[int] = None
     called: frozenset = frozenset()
+    attributes: list = field(default_factory=list)
 
     def prunable(self) -> List[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -111,8 +114,11 @@ def analyze(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable] 
     shapes = tensor_shapes(model)
     missing = untraced_modules(model, state.ran, state.leaf_modules)
     refuse_untraced(groups, missing, shapes)
+    from .attr_solve import solve_attributes
+
+    attributes = solve_attributes(state, groups)
     analysis = Analysis(groups=groups, unknown_ops=sorted(set(state.unknown_ops)),
                         leaf_modules=dict(state.leaf_modules), untraced={k: v[0] for k, v in missing.items()},
                         shapes=shapes, examples=state.examples, model_id=id(model),
-                        called=frozenset(state.called))
+                        called=frozenset(state.called), attributes=attributes)
     return analysis.with_ignore(model, ignore)

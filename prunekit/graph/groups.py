@@ -52,6 +52,7 @@ def _build_groups(state: TraceState) -> List[ChannelGroup]:
     root_tags = {uf.find(start): tags for start, tags in state.source_tags.items()}
     groups: List[ChannelGroup] = []
     used_ids: Dict[str, int] = {}
+    state.unit_of = {}  # union-find root -> (group id, unit index): what sizes read from attributes count
     ordered = sorted(by_signature.items(), key=lambda kv: min(first_seen[r] for r in kv[1]))
     for (sig, pinned), roots in ordered:
         roots.sort(key=lambda r: first_seen[r])
@@ -67,6 +68,7 @@ def _build_groups(state: TraceState) -> List[ChannelGroup]:
         name = owner.module or owner.param  # a parameter of the root module used directly: named after itself
         gid = name if name not in used_ids else f"{name}#{used_ids[name] + 1}"
         used_ids[name] = used_ids.get(name, 0) + 1
+        state.unit_of.update({r: (gid, i) for i, r in enumerate(roots)})
         reasons, prunable = [], True
         if pinned:
             prunable = False

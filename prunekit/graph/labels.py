@@ -145,7 +145,8 @@ def broadcast_labels(labels: torch.Tensor, real_shape: Sequence[int], out_shape:
 
 
 def reshape_labels(uf: UnionFind, labels: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence[int],
-                   outer_adaptive: Optional[Sequence[int]], where: str) -> torch.Tensor:
+                   outer_adaptive: Optional[Sequence[int]], where: str, attr_sizes: Optional[Dict[int, int]] = None,
+                   on_attr=None) -> torch.Tensor:
     """Labels after a view/reshape from `in_shape` to `out_shape`.
 
     Dims are matched in contiguous runs with equal products. A run whose labels vary is materialised and reshaped.
@@ -153,7 +154,14 @@ def reshape_labels(uf: UnionFind, labels: torch.Tensor, in_shape: Sequence[int],
     require units to be removed in lockstep across the outer factor (channel-shuffle style: the outer count is a
     constant in the user's code), unless the caller passed -1 for that outer factor (heads style: the outer count
     adapts), in which case each outer slice becomes one unit.
+
+    `attr_sizes` holds the output sizes read from module or config attributes (`graph.attrs`); for each one
+    `on_attr(value, ids)` is called with the channel ids whose kept count the size must equal after pruning (the
+    attribute is rewritten to match, or the groups are refused later). A split none of whose sizes follows the
+    tensor makes its outer size a unit count when that size comes from an attribute (``view(b, t, self.num_heads,
+    3, self.head_dim)``).
     """
+    attr_sizes = attr_sizes or {}
     in_shape, out_shape = list(in_shape), list(out_shape)
     lab = labels.reshape((1,) * (len(in_shape) - labels.dim()) + tuple(labels.shape))
     runs = _match_runs(in_shape, out_shape)
@@ -179,14 +187,48 @@ def reshape_labels(uf: UnionFind, labels: torch.Tensor, in_shape: Sequence[int],
     out_lab = out_lab.reshape(target)
     for (i0, i1), (o0, o1) in runs:
         split_labelled = (o1 - o0) > 1 and any(out_lab.shape[d] > 1 for d in range(o0, o1))
+        attr_dims = [d for d in range(o0, o1) if d in attr_sizes]
+        if attr_dims and on_attr is not None:
+            _attr_sizes(uf, out_lab, i0, i1, o0, o1, outer_adaptive, attr_sizes, on_attr, split_labelled)
         if split_labelled and (i1 - i0) == 1:
-            _split_constraint(uf, out_lab, o0, o1, outer_adaptive)
+            follows = outer_adaptive is not None and any(o0 <= d < o1 for d in outer_adaptive)
+            adaptive = outer_adaptive
+            if not follows and o0 in attr_sizes and on_attr is not None:
+                adaptive = list(outer_adaptive or ()) + [o0]  # whole outer slices, counted by the attribute
+            _split_constraint(uf, out_lab, o0, o1, adaptive)
+        elif (i1 - i0) == 1 and (o1 - o0) == 1 and out_lab.shape[o0] > 1 and o0 in attr_sizes and on_attr is not None:
+            pass  # a labelled dim at a size read from an attribute: the attribute follows its kept count
         elif (i1 - i0) == 1 and (o1 - o0) == 1 and out_lab.shape[o0] > 1 and outer_adaptive is not None \
                 and o0 not in outer_adaptive:
             # a labelled dim kept whole at a size written in the code (``view(b, g, c // g, ...)`` with g == c):
             # the pruned model would ask for the old size, so its channels must stay
             uf.pin(out_lab[out_lab >= 0], f"reshape to a size fixed in the code at {where}")
     return compress(out_lab)
+
+
+def _ids_along(lab: torch.Tensor, d: int) -> Optional[torch.Tensor]:
+    """The channel id at each position of dim `d`, or None when the ids also vary along other dims."""
+    cols = lab.movedim(d, 0).reshape(lab.shape[d], -1)
+    return cols[:, 0].clone() if bool((cols == cols[:, :1]).all()) else None
+
+
+def _attr_sizes(uf, lab, i0, i1, o0, o1, outer_adaptive, attr_sizes, on_attr, split_labelled) -> None:
+    """Tell `on_attr` what each attribute size of the run (i0..i1 -> o0..o1) must equal after pruning."""
+    follows = outer_adaptive is not None and any(o0 <= d < o1 for d in outer_adaptive)
+    for d in range(o0, o1):
+        if d not in attr_sizes:
+            continue
+        value = attr_sizes[d]
+        counted = None
+        if split_labelled and i1 - i0 == 1 and d == o0 and not follows:
+            counted = lab.movedim(d, 0).reshape(lab.shape[d], -1)[:, 0].clone()  # whole slices are units: any id
+        elif not split_labelled and o1 - o0 == 1 and lab.shape[d] > 1:
+            counted = _ids_along(compress(uf.roots(lab)), d)  # units: head_dim positions of one head agree
+            if counted is None:  # cannot say what it counts: it keeps its value (and the channels are refused)
+                counted = torch.full((int(value) + 1,), CONST, dtype=torch.long)
+        if counted is None:  # constant along the data, or an inner size of whole units: keeps its value
+            counted = torch.full((int(value),), CONST, dtype=torch.long)
+        on_attr(value, counted)
 
 
 def _split_constraint(uf: UnionFind, lab: torch.Tensor, o0: int, o1: int, outer_adaptive) -> None:

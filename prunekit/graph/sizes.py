@@ -18,6 +18,11 @@ class ShapeInt(int):
 
 def _binary(op):
     def method(self, other):
+        from .attrs import AttrInt, _freeze
+
+        if isinstance(other, AttrInt):  # an attribute mixed with a tensor's size: it must keep its value
+            _freeze(other, why=f"'{op.strip('_')}' with a size read from a tensor")
+            other = int(other)
         value = getattr(int, op)(self, other)
         return ShapeInt(value) if type(value) is int else value
 

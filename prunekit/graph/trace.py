@@ -17,6 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedOperationError
+from .attrs import AttrRegistry, find_attr_ints, tagged
 from .labels import UnionFind, const_labels
 from .sizes import wrap_sizes
 
@@ -55,6 +56,7 @@ class TraceState:
     # the parameter dim behind each view dim)
     views: Dict[int, Tuple[torch.Tensor, str, str, Tuple[int, ...]]] = field(default_factory=dict)
     examples: int = 0
+    attrs: AttrRegistry = field(default_factory=AttrRegistry)  # sizes read from attributes (`graph.attrs`)
 
     # --- labels -------------------------------------------------------------------------------------------
     def get(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +136,18 @@ class _LabelMode(TorchFunctionMode):
         name = getattr(func, "__name__", str(func))
         if name in ("size", "__get__", "__len__"):
             out = wrap_sizes(name, out)  # sizes read from tensors follow them when channels are removed
+        attr_ints = find_attr_ints((args, kwargs))
+        if attr_ints:
+            self.state.attrs.where = self.state.where(name)
+            self.state.attrs.consumed.clear()
+        try:
+            return self._labelled(func, name, args, kwargs, out)
+        finally:
+            for v in attr_ints:  # a size from an attribute that no rule understood: that attribute must stay
+                if id(v) not in self.state.attrs.consumed:
+                    self.state.attrs.freeze(v.poly, f"used by '{name}'")
+
+    def _labelled(self, func, name, args, kwargs, out):
         rule = self.op_rules.get(name)
         if rule is None and name.endswith("_") and not name.startswith("__"):
             rule = self.op_rules.get(name[:-1])  # in-place variants behave like their out-of-place op
@@ -276,7 +290,7 @@ def run_trace(model: torch.nn.Module, inputs: Any, forward_fn: Optional[Callable
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-        with _preserved(model), torch.no_grad(), mode:
+        with _preserved(model), tagged(model, state.attrs), torch.no_grad(), mode:
             out = call_model(model, inputs, forward_fn)
     finally:
         for h in handles:

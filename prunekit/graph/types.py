@@ -103,11 +103,15 @@ class Scores(Dict[str, torch.Tensor]):
 
     Attributes:
         criterion: the registered criterion name (or ``""`` when built by hand).
+        across_groups: the values are already on one scale across groups (measured damage, not weights), so
+            ranking allocators must not normalise each group before comparing them.
     """
 
-    def __init__(self, values: Optional[Dict[str, torch.Tensor]] = None, criterion: str = ""):
+    def __init__(self, values: Optional[Dict[str, torch.Tensor]] = None, criterion: str = "",
+                 across_groups: bool = False):
         super().__init__(values or {})
         self.criterion = criterion
+        self.across_groups = across_groups
 
     def check(self, groups: Sequence["ChannelGroup"]) -> "Scores":
         """Raise `ConfigError` unless every score names a known group and holds `size` finite values."""

@@ -11,5 +11,7 @@ for _name, _target, _help in (
     ("fpgm", "prunekit.importance.fpgm:FPGM", "distance to the geometric median of the filters"),
     ("activation", "prunekit.importance.activation:Activation", "mean |activation| of the group's channels"),
     ("random", "prunekit.importance.random:Random", "random scores (baseline)"),
+    ("sensitivity", "prunekit.importance.sensitivity:Sensitivity",
+     "measured per-group loss (or accuracy) curves from `prunekit analyze --sensitivity`, comparable across groups"),
 ):
     CRITERIA.lazy(_name, _target, _help)

@@ -14,3 +14,7 @@ RECIPES.lazy("ftwt", "prunekit.methods.ftwt:FTWTRecipe",
              "paper 9: per-input channel masks from self-supervised predictors (dynamic pruning)")
 RECIPES.lazy("pagcp", "prunekit.methods.pagcp:PagcpRecipe",
              "paper 2: rounds of multitask-oracle channel pruning (PAGCP sweep) and fine-tuning")
+RECIPES.lazy("tas", "prunekit.methods.tas:TASRecipe",
+             "paper 7: TAS differentiable width search (per-width BN, expected-MACs loss), derived net trained with KD")
+RECIPES.lazy("precrop", "prunekit.methods.precrop:PreCropRecipe",
+             "paper 8: PreCropping, layer densities at init (SNIP/GraSP/SynFlow/SynExp) as channel widths")

@@ -8,11 +8,11 @@ the paper's iterative rounds on a classifier, each stage in its own resumable fo
 0. **train** (only when ``train.steps > 0``) - joint training on the summed task losses, e.g. to train a second head
    that starts untrained (the two-head ``cifar_resnet*_multihead`` models).
 1. **prune1** - the PAGCP sweep on the model (tasks: `prune.tasks`, held-out batches: `prune.held_out_images`
-   unaugmented training images, from the end of the training split), then the removal of every channel the oracle
-   passed, or, with `prune.keep_macs`, the cheapest-loss-per-MAC part of them that keeps that fraction of the
-   original MACs (all of them when the target is out of reach). The sweep log (per unit: ratio, the task that
-   stopped it, losses) is written to ``pagcp_log.json`` in the stage folder, into the plan's provenance and into
-   the result.
+   images from the end of the test split, disjoint from the `task.test_limit` ones evaluated), then the removal
+   of every channel the oracle passed, or, with `prune.keep_macs`, the cheapest-loss-per-MAC part of them that
+   keeps that fraction of the original MACs (all of them when the target is out of reach). The sweep log (per
+   unit: ratio, the task that stopped it, losses) is written to ``pagcp_log.json`` in the stage folder (with its
+   plot ``pagcp_sweep.png``: ratio and binding task per unit), into the plan's provenance and into the result.
 2. **finetune1** - `finetune.steps` SGD steps (cosine decay) on the summed task losses.
 3. **prune2**, **finetune2**, ... up to `rounds`. A round whose model already meets `prune.keep_macs` keeps it.
 
@@ -44,6 +44,7 @@ from .base import Recipe, RecipeConfig, Stage, StageContext, StageOutput
 from .task import TaskConfig, need
 
 LOG_FILE = "pagcp_log.json"
+PLOT_FILE = "pagcp_sweep.png"
 
 
 # --------------------------------------------------------------------------------------------------- task losses
@@ -144,7 +145,8 @@ class PagcpPruneConfig:
         topk: fraction of pruned units kept by the loss-per-MAC filter.
         criterion: channel saliency re-scored in the sweep.
         keep_macs: stop pruning at this fraction of the original MACs (null: every removal the oracle passes).
-        held_out_images: unaugmented training images (the last ones of the split) the oracle evaluates.
+        held_out_images: test images the oracle evaluates (the last ones of the split; they must not overlap the
+            first `task.test_limit` ones the accuracies are measured on).
         held_out_batch: images per held-out batch.
         progress: progress bar over units x ratios.
     """
@@ -296,13 +298,23 @@ class PagcpRecipe(Recipe):
         return out
 
     def _held_out(self, task) -> List[tuple]:
-        """`prune.held_out_images` unaugmented images from the end of the training split, in batches."""
+        """`prune.held_out_images` images from the end of the test split, in batches, disjoint from the first
+        `task.test_limit` ones the accuracies are measured on.
+
+        Not the training split: a pretrained trunk saw every training image (its losses there are memorised), and
+        CIFAR-10's training split is stored by class, so its last images are all trucks (an oracle that only ever
+        saw one class and one vehicle label).
+        """
         from ..data import load
 
         cfg = self.config.prune
-        data = load(task.cfg.dataset, split="train", augment=None, normalize=task.normalize, **task.cfg.dataset_args)
-        start = max(len(data) - cfg.held_out_images, 0)
-        index = list(range(start, len(data)))
+        data = load(task.cfg.dataset, split="test", normalize=task.normalize, **task.cfg.dataset_args)
+        evaluated = len(data) if task.cfg.test_limit is None else min(task.cfg.test_limit, len(data))
+        if evaluated + cfg.held_out_images > len(data):
+            raise ConfigError(f"prune: held_out_images ({cfg.held_out_images}) overlap the {evaluated} test images "
+                              f"task.test_limit evaluates in the {len(data)}-image test split of "
+                              f"'{task.cfg.dataset}'; lower task.test_limit or prune.held_out_images")
+        index = list(range(len(data) - cfg.held_out_images, len(data)))
         return [make_batch([data[i] for i in index[k:k + cfg.held_out_batch]])
                 for k in range(0, len(index), cfg.held_out_batch)]
 
@@ -369,6 +381,10 @@ class PagcpRecipe(Recipe):
         pruned, step, log = _pagcp_step(model, tasks, held, example, cfg, keep)
         plan = _composed(task, model, before, step)
         atomic_write_text(ctx.folder / LOG_FILE, json.dumps(log, indent=2, default=str))
+        if log.get("swept"):
+            from ..allocate.pagcp_plot import plot_sweep
+
+            plot_sweep({f"round {r}": log}, ctx.folder / PLOT_FILE, base_macs=current)
         losses_after = _losses(pruned, tasks, held)
         macs = count_macs(pruned, example)
         info = {"round": r, "macs_kept": macs / base, "channels_removed": sum(len(v) for v in step.removed.values()),

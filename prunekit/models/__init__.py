@@ -77,6 +77,8 @@ for _depth in (20, 32, 44, 56, 110):
              f"CIFAR ResNet-{_depth}, option-A shortcuts (akamaster weights where available)")
 _declare("cifar_resnet56_b", "prunekit.models.cifar_resnet:resnet56_b", _cls(),
          "CIFAR ResNet-56, option-B (1x1 conv) shortcuts, pretrained")
+_declare("cifar_resnet20_b", "prunekit.models.cifar_resnet:resnet20_b", _cls(),
+         "CIFAR ResNet-20, option-B (1x1 conv) shortcuts, random init (for from-scratch width search)")
 _declare("cifar_vgg16", "prunekit.models.cifar_vgg:vgg16", _cls(), "CIFAR VGG-16 with BatchNorm")
 _declare("cifar_vgg19", "prunekit.models.cifar_vgg:vgg19", _cls(), "CIFAR VGG-19 with BatchNorm")
 _declare("cifar_mobilenetv2", "prunekit.models.cifar_mobilenetv2:mobilenetv2", _cls(), "CIFAR MobileNetV2")

@@ -259,6 +259,18 @@ def resnet110(pretrained: bool = True, weights: Optional[PathLike] = None, num_c
     return _option_a(110, pretrained, weights, num_classes)
 
 
+def resnet20_b(pretrained: bool = False, weights: Optional[PathLike] = None, num_classes: int = 10) -> CifarResNetB:
+    """CIFAR ResNet-20 with option-B shortcuts (0.27M params), for training from scratch: every channel group is
+    prunable (option A's zero-padded shortcuts tie stages 2-3 to constant content). No local weights."""
+    model = CifarResNetB(20, num_classes)
+    if weights is not None:
+        return load_option_b(model, weights)
+    if pretrained:
+        warnings.warn("cifar_resnet: no pretrained weights for ResNet-20 option B; returning a randomly initialised "
+                      "model", stacklevel=2)
+    return model
+
+
 def resnet56_b(pretrained: bool = True, weights: Optional[PathLike] = None, num_classes: int = 10) -> CifarResNetB:
     """CIFAR ResNet-56 with option-B shortcuts (0.86M params), neuron-merging weights."""
     model = CifarResNetB(56, num_classes)

@@ -22,11 +22,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple, Union
 
 from ..config import from_dict, read_config_file
 from ..errors import ConfigError
 from ..graph.types import Budget
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CONSTRAINT_KEYS = ("round_to", "max_ratio", "min_keep_channels")
 
@@ -140,7 +143,7 @@ class Constraints:
         min_keep_channels: every group keeps at least this many units.
     """
 
-    round_to: Union[int, str, None] = None
+    round_to: Union[int, str, None] = None  # None with a latency budget: "auto" (see PlanConfig.effective_round_to)
     max_ratio: Optional[float] = None
     min_keep_channels: Optional[int] = None
 
@@ -268,6 +271,18 @@ class PlanConfig:
         return atomic_write_text(path, text)
 
     # ------------------------------------------------------------------------------------------------ derived
+    def effective_round_to(self, model: Optional[nn.Module] = None) -> Optional[int]:
+        """``constraints.round_to`` resolved for `model`. A latency budget without one rounds to the hardware's
+        channel block (``"auto"``): its cost model times layers at block-aligned widths, and on CPU runtimes an
+        unaligned width can cost as much as the next aligned one or more (onnxruntime's blocked layouts pad and
+        reorder it), so an unrounded plan would be slower than predicted. ``round_to: 1`` turns this off."""
+        from ..allocate.hardware import resolve_round_to
+
+        round_to = self.constraints.round_to
+        if round_to is None and self.budget.target == "latency":
+            round_to = "auto"
+        return resolve_round_to(round_to, model)
+
     def effective_budget(self) -> Budget:
         """The budget with `ignore` added to its own ignore patterns."""
         return dataclasses.replace(self.budget, ignore=tuple(self.budget.ignore) + tuple(self.ignore))

@@ -141,12 +141,11 @@ def allocate(model: nn.Module, groups: Sequence[ChannelGroup], scores: Scores, c
     """
     from ..allocate import ALLOCATORS
     from ..allocate.budget import allocate_budget
-    from ..allocate.hardware import resolve_round_to
 
     budget = config.effective_budget()
     if policy is None:
         options = dict(config.allocator.options)
-        round_to = resolve_round_to(config.constraints.round_to, model)
+        round_to = config.effective_round_to(model)
         for key, value in (("round_to", round_to), ("max_ratio", config.constraints.max_ratio),
                            ("min_keep_channels", config.constraints.min_keep_channels)):
             if value is not None:
@@ -171,11 +170,10 @@ def make_plan(model: nn.Module, analysis: Analysis, removed: Dict[str, torch.Ten
               ) -> PruningPlan:
     """The `PruningPlan`: removed indices, group sizes, inputs, how to rebuild the model, and provenance (the whole
     `PlanConfig` under ``plan_config``, the searched ratio and costs, operations the engine did not know)."""
-    from ..allocate.hardware import resolve_round_to
 
     facts = {"criterion": config.criterion.name, "allocator": config.allocator.name, "ratio": allocation.ratio,
              "budget": config.budget.target or "ratio", "allow_inexact": config.allow_inexact,
-             "round_to": resolve_round_to(config.constraints.round_to, model), "cost": allocation.cost,
+             "round_to": config.effective_round_to(model), "cost": allocation.cost,
              "target_cost": allocation.target_cost, "base_cost": allocation.base_cost,
              "tolerance": config.tolerance, "unknown_ops": analysis.unknown_ops[:20],
              "plan_config": config.to_dict(), **provenance}

@@ -183,7 +183,7 @@ def peak_rss_bytes() -> int:
 
 def apply_removal(model: nn.Module, groups: List[ChannelGroup], removed: Dict[str, torch.Tensor], inputs, *,
                   forward_fn=None, inplace: bool = False, verify: bool = True, tolerance: float = 1e-4,
-                  held_out=None, called=None, finish=None) -> nn.Module:
+                  held_out=None, called=None, finish=None, attributes=()) -> nn.Module:
     """Remove `removed` units and check the result.
 
     The reference outputs (the masked original on every example and held-out input) are computed first, on the
@@ -193,6 +193,8 @@ def apply_removal(model: nn.Module, groups: List[ChannelGroup], removed: Dict[st
 
     Args:
         finish: ``finish(pruned)`` after slicing and before checking (rewrite configs, say).
+        attributes: `graph.attr_solve.AttrRewrite` s (``Analysis.attributes``): module and config attributes the
+            forward reads sizes from, set to their values for this removal after slicing.
 
     Raises:
         ConfigError: the plan is not legal for these groups (nothing touched), or verification failed. A copy is
@@ -201,7 +203,10 @@ def apply_removal(model: nn.Module, groups: List[ChannelGroup], removed: Dict[st
     from .verify import check_outputs, reference_outputs
     from ..graph.examples import as_examples
 
+    from .attributes import check_ties, rewrite_attributes, rewrite_head_counts
+
     check_removal(groups, removed)
+    check_ties(groups, removed)
     batches = as_examples(inputs) + (as_examples(held_out) if held_out is not None else [])
     refs = reference_outputs(model, groups, removed, batches, forward_fn, called) if verify else None
     if inplace:
@@ -209,6 +214,8 @@ def apply_removal(model: nn.Module, groups: List[ChannelGroup], removed: Dict[st
         target = model
     else:
         target = pruned_copy(model, groups, removed)
+    done = rewrite_attributes(target, attributes, removed) if attributes else {}
+    rewrite_head_counts(target, groups, removed, skip=[rw.key for rw in attributes] + list(done))
     if finish is not None:
         finish(target)
     if verify:

@@ -30,7 +30,8 @@ def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str
     from ..export.model_spec import remember_hf_config
     from ..graph.layers.attention import _head_dim, _qkv
 
-    remember_hf_config(model)  # the config before this rewrite: what prunekit.load rebuilds the original from
+    if not model.__dict__.pop("_prunekit_config_remembered", False):  # `prune.attributes` may have done it first
+        remember_hf_config(model)  # the config before this rewrite: what prunekit.load rebuilds the original from
 
     changes: Dict[str, object] = {}
     nonuniform: List[str] = []
@@ -69,6 +70,8 @@ def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str
         up = getattr(m, "up_proj", None) or getattr(m, "fc1", None)
         if isinstance(up, nn.Linear) and (hasattr(m, "down_proj") or hasattr(m, "fc2")):
             inter.append(up.out_features)
+        elif up is None and isinstance(getattr(m, "down_proj", None), nn.Linear):  # fused gate-up (Phi-3)
+            inter.append(m.down_proj.in_features)
         dense = getattr(getattr(m, "intermediate", None), "dense", None)
         if isinstance(dense, nn.Linear):
             inter.append(dense.out_features)
@@ -87,7 +90,10 @@ def rewrite_hf_config(model: nn.Module, rms_eps_factor: float = 1.0) -> Dict[str
         changes["rms_norm_eps"] = config.rms_norm_eps * rms_eps_factor
     for k, v in changes.items():
         setattr(config, k, v)
-    nonuniform += [f"shape of {name}" for name in _shapes_config_cannot_describe(model)[:3]]
+    mismatched = _shapes_config_cannot_describe(model)
+    if mismatched and changes:
+        mismatched = _pin_derived_sizes(model, mismatched, changes)
+    nonuniform += [f"shape of {name}" for name in mismatched[:3]]
     if nonuniform:
         config.prunekit_nonuniform = nonuniform
     elif hasattr(config, "prunekit_nonuniform"):
@@ -110,3 +116,26 @@ def _shapes_config_cannot_describe(model: nn.Module) -> List[str]:
         return ["<config>"]
     own = dict(model.named_parameters())
     return [n for n, p in rebuilt.named_parameters() if n in own and tuple(p.shape) != tuple(own[n].shape)]
+
+
+def _pin_derived_sizes(model: nn.Module, mismatched: List[str], changes: Dict[str, object]) -> List[str]:
+    """Sizes a model derives from fields that changed (Phi-3: ``head_dim = hidden_size // num_attention_heads``
+    unless the config holds ``head_dim``): a head size every attention module holds alike, absent from the config,
+    is written into it when the rebuild then matches more shapes (checked on the meta device, like the rest)."""
+    config = model.config
+    candidates: Dict[str, set] = {}
+    for m in model.modules():
+        for attr, value in vars(m).items():
+            if type(value) is int and attr in ("head_dim", "head_size", "attention_head_size"):
+                candidates.setdefault(attr, set()).add(value)
+    for attr, values in candidates.items():
+        if len(values) != 1 or getattr(config, attr, None) is not None:
+            continue
+        setattr(config, attr, next(iter(values)))
+        trial = _shapes_config_cannot_describe(model)
+        if len(trial) < len(mismatched):
+            mismatched = trial
+            changes[attr] = next(iter(values))
+        else:
+            delattr(config, attr)
+    return mismatched

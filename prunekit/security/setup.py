@@ -37,11 +37,16 @@ def load_classifier(name: str, weights: Optional[str] = None, train_epochs: int 
 
 
 def importance_for(model: nn.Module, dataset, method: str = "saliency", images: int = 512,
-                   batch_size: int = 128) -> torch.Tensor:
-    """``[H, W]`` pixel importance of `model` over the first `images` items of `dataset`."""
+                   batch_size: int = 128, seed: int = 0) -> torch.Tensor:
+    """``[H, W]`` pixel importance of `model` over `images` items drawn at random (seeded) from `dataset`.
+
+    A random draw, not the first items: stored training splits are sorted by class (the CIFAR-10 JPEG set), and a map
+    computed on one class would keep the pixels that class needs, not those of the deployment distribution.
+    """
     from ..dynamic.pixel_importance import pixel_importance
 
     n = min(images, len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    subset = torch.utils.data.Subset(dataset, index) if n < len(dataset) else dataset
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     return pixel_importance(model, loader, method)

@@ -38,12 +38,27 @@ def test_mass_labels_keep_the_fewest_filters_covering_the_mass():
 
 def test_sites_follow_the_engine_groups_and_residual_ties_stay_dense():
     model = build("cifar_resnet20", pretrained=False).eval()
-    sites, dense = find_sites(model, torch.randn(1, 3, 32, 32))
+    sites, dense = find_sites(model, torch.randn(1, 3, 32, 32), gate_tied=False)
     assert [s.conv for s in sites] == [f"layer{i}.{j}.conv1" for i in (1, 2, 3) for j in range(3)]
     first = sites[0]
     assert first.norm == "layer1.0.bn1" and list(first.consumers) == ["layer1.0.conv2"] and first.channels == 16
     assert "residual add" in dense["conv1"] and "10 producers" in dense["conv1"]
     assert "constant content" in dense["layer2.0.conv2"]  # the engine's own refusal (option-A zero padding)
+
+
+def test_residual_branch_outputs_and_the_stem_are_gated_as_in_ftwt():
+    model = build("cifar_resnet20", pretrained=False).eval()
+    sites, _ = find_sites(model, torch.randn(1, 3, 32, 32))
+    gates = [s for s in sites if s.tied]
+    assert [s.conv for s in gates] == ["conv1"] + [f"layer{i}.{j}.conv2" for i in (1, 2, 3) for j in range(3)]
+    assert all(s.norm == s.conv.replace("conv", "bn") and not s.consumers for s in gates)
+    assert [s.conv for s in sites if not s.tied] == [f"layer{i}.{j}.conv1" for i in (1, 2, 3) for j in range(3)]
+    # a gate's masked filters save their own MACs only: the residual sum they feed stays dense for its readers
+    dyn = attach(model, torch.randn(1, 3, 32, 32)).eval()
+    masks = {s.conv: torch.ones(1, s.channels) for s in dyn.sites}
+    masks["layer1.0.conv2"][0, :4] = 0
+    per_filter = 16 * 32 * 32 * 9  # MACs of one layer1.0.conv2 filter (16 input channels, 32x32, 3x3)
+    assert float(dyn.macs_per_input(masks)[0]) == dyn.dense_macs() - 4 * per_filter
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "digits_cnn"])

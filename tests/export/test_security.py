@@ -196,3 +196,44 @@ def test_a_loop_of_checkpoint_folders_is_refused(checkpoint, tmp_path):
     _edit_plan(folder, model_spec={"checkpoint": str(folder)})
     with pytest.raises(CheckpointError, match="loops"):
         prunekit.load(folder)
+
+
+_EVIL_MODULE = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+
+
+def build():
+    pathlib.Path({marker!r}).write_text("called")
+    from prunekit.models import build as registry_build
+    return registry_build("digits_cnn", pretrained=False)
+'''
+
+
+def test_config_file_naming_a_factory_runs_nothing(tmp_path, monkeypatch, capsys):
+    """`model: module:function` in a --config YAML is refused before anything is imported; the same name typed as
+    --model on the command line is the user's own choice and runs."""
+    from prunekit.cli.main import main
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_factory_mod.py").write_text(_EVIL_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "hostile.yaml"
+    config.write_text("model: evil_factory_mod:build\nratio: 0.5\n")
+    out = tmp_path / "out"
+    assert main(["prune", "--config", str(config), "--out", str(out), "--latency", "false"]) == 1
+    err = capsys.readouterr().err
+    assert "config key 'model'" in err and "evil_factory_mod:build" in err and "--model" in err
+    assert not marker.exists() and not out.exists()
+    # a --set in the config's place (or an override of some other key) does not launder the file's value
+    assert main(["prune", "--config", str(config), "--set", "ratio=0.25", "--out", str(out)]) == 1
+    assert not marker.exists()
+    from prunekit.cli.prune import PruneConfig, prune_to_folder
+
+    with pytest.raises(ConfigError, match="config key 'model'"):  # Python callers allow the exact name
+        prune_to_folder(PruneConfig(model="evil_factory_mod:build", out=str(out)), allow_factory="other:fn")
+    assert not marker.exists()
+    # typed on the command line itself, the factory is the user's choice
+    assert main(["prune", "--config", str(config), "--model", "evil_factory_mod:build", "--out", str(out),
+                 "--input-shape", "2,1,8,8", "--latency", "false"]) == 0
+    assert marker.read_text() == "called"

@@ -56,12 +56,33 @@ def test_slice_cutting_a_head_is_refused_naming_module_and_offsets():
     assert any("slice [4:36]" in r and "module 'qkv'" in r for r in group.reasons), group.reasons
 
 
+def test_offsets_read_from_attributes_are_rewritten_on_whole_heads():
+    """``qkv[..., s:s + self.q_size]``: the attributes are solved (q_size follows the kept heads, shift stays 0)."""
+    x, held_out = torch.randn(2, 6, 32), torch.randn(1, 3, 32)
+    model = _OffsetAttention(shift=0).eval()
+    an = prunekit.analyze(model, x)
+    assert an.group("qkv").prunable and an.group("qkv").size == 4
+    pruned = prunekit.apply(model, prunekit.plan(model, x, ratio=0.5, analysis=an), x, held_out=held_out)
+    assert pruned.prunekit_verification.passed and max(pruned.prunekit_verification.errors) < 1e-4
+    assert (pruned.q_size, pruned.shift, model.q_size) == (16, 0, 32)
+
+
+class _LiteralOffsets(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(32, 96), nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        qkv = self.qkv(x)
+        q, k, v = (p.view(b, t, -1, 8).transpose(1, 2) for p in (qkv[..., :32], qkv[..., 32:64], qkv[..., 64:]))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))
+
+
 def test_offsets_fixed_in_the_code_are_refused_even_on_whole_heads():
-    x = torch.randn(2, 6, 32)
-    an = prunekit.analyze(_OffsetAttention(shift=0).eval(), x)
-    group = an.group("qkv")
+    group = prunekit.analyze(_LiteralOffsets().eval(), torch.randn(2, 6, 32)).group("qkv")
     assert not group.prunable
-    assert any("slice [0:32]" in r and "fixed in the code" in r and "module 'qkv'" in r for r in group.reasons), \
+    assert any("slice [:32]" in r and "fixed in the code" in r and "module 'qkv'" in r for r in group.reasons), \
         group.reasons
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 import prunekit
-from prunekit.errors import StageSettingsChanged
+from prunekit.errors import ConfigError, StageSettingsChanged
 from prunekit.methods import RECIPES
-from prunekit.methods.pagcp import LOG_FILE
+from prunekit.methods.pagcp import LOG_FILE, PLOT_FILE
 
 TINY = ["task.train_subset=128", "task.test_limit=64", "task.batch_size=16", "task.eval_batch_size=64",
         "task.latency_repeats=2", "task.num_threads=1", "prune.ratio_steps=3", "prune.held_out_images=32",
@@ -35,6 +35,7 @@ def test_pagcp_rounds_prune_log_resume_and_refuse(tmp_path):
         assert all(ratio <= 3.0 * (1 + 1e-4) for ratio in stage["loss_ratio"].values())
     saved = json.loads((tmp_path / "1_prune1" / LOG_FILE).read_text())
     assert saved["units"] == first["pagcp_log"]["units"]
+    assert (tmp_path / "1_prune1" / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"  # ratio and binding task per unit
     assert 0 <= result["accuracy_class"] <= 1 and 0 <= result["accuracy_vehicle"] <= 1
     # the composed two-round plan rebuilds the final model from the original architecture
     final = prunekit.load(result["model_dir"])
@@ -54,3 +55,7 @@ def test_pagcp_single_task_on_plain_classifier(tmp_path):
     log = result["stages"]["prune1"]["pagcp_log"]
     assert log["tasks"] == ["class"] and result["macs_keep"] < 1.0
     assert "accuracy_vehicle" not in result and 0 <= result["accuracy"] <= 1
+    # the oracle's held-out images (the test split's tail) may not overlap the evaluated ones
+    with pytest.raises(ConfigError, match="held_out_images"):
+        cls.from_file(None, TINY + [f"out_dir={tmp_path / 'overlap'}", "task.model=cifar_resnet20",
+                                    "rounds.count=1", "task.test_limit=9990"]).run()

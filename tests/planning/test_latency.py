@@ -98,3 +98,21 @@ def test_cuda_runtime_without_a_gpu_is_refused_by_name():
         Timer("cuda")
     with pytest.raises(Exception, match="runtime"):
         Timer("tensorrt")
+
+
+def test_calibration_fits_the_line_through_both_measured_models():
+    """Layers timed alone say 8 ms at full width and 4 ms at the kept widths; the whole model measured 10 ms and the
+    pruned copy 7 ms: 0.75 ms per layer-ms and 4 ms that no pruning removes, so both measurements are reproduced."""
+    from prunekit.planning.latency import LatencyModel, LayerCall
+
+    layer = LayerCall("fc", "linear", 8, 8, (1, 8), 8)
+    grid = {"out": [4, 8], "in": [8], "ms": [[4.0], [8.0]]}
+    fitted = LatencyModel({"fc": layer}, {"fc": grid}, {"fc": 8.0}, model_ms=10.0, rest_ms=2.0, runtime="eager")
+    kept = {"fc": (0.5, 1.0)}
+    fitted.calibrate(kept, full_ms=10.0, pruned_ms=7.0)
+    assert fitted.calibrated
+    assert abs(fitted.predict({}) - 10.0) < 1e-9 and abs(fitted.predict(kept) - 7.0) < 1e-9
+    assert abs(fitted.rest_fixed_ms - 4.0) < 1e-9 and abs(fitted.layer_scale - 0.75) < 1e-9
+    noisy = LatencyModel({"fc": layer}, {"fc": grid}, {"fc": 8.0}, model_ms=10.0, rest_ms=2.0, runtime="eager")
+    noisy.calibrate(kept, full_ms=10.0, pruned_ms=10.5)  # a pruned copy measured slower is no evidence
+    assert not noisy.calibrated and abs(noisy.predict({}) - 10.0) < 1e-9

@@ -1,14 +1,16 @@
 """Concatenation, splitting, slicing and padding along possibly-labelled dims."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from ..labels import CONST, compress, expand_dims
 from . import register_op
 from .params import track_getitem
-from ..sizes import follows_tensor
-from .slices import slice_refusal, tie_slice_segments
+from ..sizes import ShapeInt, follows_tensor
+from .slices import attr_slice, slice_refusal, tie_slice_segments
 
 
 def _dim(args, kwargs, pos, default=0):
@@ -54,9 +56,15 @@ def _split_pieces(state, x, d):
 
 @register_op("chunk", "split", "tensor_split", "split_with_sizes", "unbind", "hsplit", "vsplit")
 def split(state, func, name, args, kwargs, out):
-    """Splitting a labelled dim. `chunk` (equal parts that follow the tensor's size) stays correct after pruning if
-    every part loses the same positions, so parts are tied in lockstep. Splits by explicit sizes are fixed by
-    constants in the user's code: the channels along that dim are pinned."""
+    """Splitting a labelled dim.
+
+    * `chunk` (equal parts that follow the tensor's size) stays correct after pruning if every part loses the same
+      positions, so parts are tied in lockstep.
+    * Parts of fixed sizes (constants of the code) and ONE part whose size follows the tensor
+      (``split(x, [4, x.shape[1] - 4])``, or the remainder after constant `tensor_split` indices): the fixed parts'
+      channels are pinned, so the fixed parts keep their sizes and contents, and the free part alone shrinks; its
+      size in the pruned model is again whatever the fixed parts leave. See `_free_part`.
+    * Otherwise (all sizes fixed, ``split(x, 3)`` whose number of parts would change): every channel is pinned."""
     x = args[0]
     if name == "unbind":
         d = _dim(args, kwargs, 1)
@@ -75,7 +83,9 @@ def split(state, func, name, args, kwargs, out):
     sizes = [p.shape[d] if name != "unbind" else 1 for p in parts]
     pieces = torch.split(full, sizes, d)
     equal = len(set(sizes)) == 1 and sum(sizes) == x.shape[d]
-    size_arg = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+    size_arg = args[1] if len(args) > 1 else next((kwargs[k] for k in ("split_size_or_sections", "split_size",
+                                                                       "split_sizes", "indices_or_sections",
+                                                                       "indices", "sections") if k in kwargs), None)
     from_shape = follows_tensor(size_arg) if not isinstance(size_arg, (list, tuple)) else \
         all(follows_tensor(s) for s in size_arg)
     if (name == "chunk" or (name in ("split", "split_with_sizes") and from_shape)) and equal:
@@ -83,10 +93,45 @@ def split(state, func, name, args, kwargs, out):
         for piece in pieces[1:]:
             state.uf.union_pairs(pieces[0], piece)
     else:
-        state.uf.pin(full, f"split into fixed sizes {sizes} by {state.where(name)}")
+        free = _free_part(name, size_arg, sizes, x.shape[d])
+        for i, piece in enumerate(pieces):
+            if i != free:
+                state.uf.pin(piece, f"split into fixed sizes {sizes} by {state.where(name)}" if free is None else
+                             f"part {i} of a split into sizes {sizes} by {state.where(name)} has a size fixed in "
+                             f"the code (only part {free}, whose size follows the tensor, can shrink)")
     for p, piece in zip(parts, pieces):
         piece = piece.squeeze(d) if name == "unbind" else piece
         state.set(p, compress(piece))
+
+
+def _free_part(name: str, size_arg, sizes, total: int) -> Optional[int]:
+    """The index of the one part of a split whose size follows the tensor while all others are code constants, or
+    None when there is no such single part.
+
+    Pruning only that part's channels (the others pinned) is exact: each fixed part keeps its size and, since
+    nothing before it moves except whole free positions, it keeps the same channels; the pruned model's free size is
+    derived again from the (smaller) tensor. Two free parts would need to know how their sizes depend on the width,
+    and an int `split_size` gives a number of parts that changes with the width: both are refused.
+
+    Args:
+        name: the traced op (``split``, ``split_with_sizes``, ``tensor_split``, ...).
+        size_arg: its size / index argument as the code passed it.
+        sizes: the traced part sizes along the split dim.
+        total: the size of the split dim.
+    """
+    if not isinstance(size_arg, (list, tuple)) or not size_arg or sum(sizes) != total:
+        return None
+    if name in ("split", "split_with_sizes") and len(size_arg) == len(sizes):
+        free = [i for i, s in enumerate(size_arg) if isinstance(s, ShapeInt)]
+        fixed = [s for i, s in enumerate(size_arg) if i not in free]
+        if len(free) == 1 and all(type(s) is int and s >= 0 for s in fixed):
+            return free[0]
+        return None
+    if name in ("tensor_split", "hsplit", "vsplit") and len(size_arg) + 1 == len(sizes):
+        # constant indices: every part but the last is [i_k, i_k+1), fixed; the last runs to the end of the dim
+        if all(type(i) is int and 0 <= i <= total for i in size_arg) and list(size_arg) == sorted(size_arg):
+            return len(sizes) - 1
+    return None
 
 
 def _units(state, lab: torch.Tensor) -> torch.Tensor:
@@ -122,6 +167,8 @@ def getitem(state, func, name, args, kwargs, out):
         if lab.dim() > d and lab.shape[d] > 1 and not (isinstance(it, slice) and _is_full(it, x.shape[d])):
             if isinstance(it, slice) and tie_slice_segments(state, lab, d, it, x.shape[d]):
                 continue  # a sub-range whose offsets follow the pruned width: its labels are the sub-range's
+            if isinstance(it, slice) and attr_slice(state, lab, d, it, x.shape[d]):
+                continue  # offsets read from attributes, which are rewritten to the kept positions below them
             reason = slice_refusal(state, lab, d, it, x.shape[d]) if isinstance(it, slice) else \
                 f"indexing a channel dim with a constant by {state.where('[]')}"
             state.uf.pin(lab, reason)
@@ -162,7 +209,8 @@ def narrow(state, func, name, args, kwargs, out):
         start = args[2] if len(args) > 2 else kwargs["start"]
         length = args[3] if len(args) > 3 else kwargs["length"]
         it = slice(start, start + length) if isinstance(start, int) and isinstance(length, int) else None
-        if it is not None and tie_slice_segments(state, lab, d, it, x.shape[d]):
+        if it is not None and (tie_slice_segments(state, lab, d, it, x.shape[d])
+                               or attr_slice(state, lab, d, it, x.shape[d], consumed=(start, length))):
             state.set(out, compress(expand_dims(lab, x.shape, [d]).narrow(d, start, length)))
             return
         if it is not None:

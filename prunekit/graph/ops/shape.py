@@ -6,6 +6,7 @@ import torch
 from ..labels import compress, reshape_labels
 from . import register_op
 from .params import track_permute, track_unsqueeze
+from ..attrs import AttrInt, record
 from ..sizes import follows_tensor
 
 
@@ -27,12 +28,16 @@ def reshape(state, func, name, args, kwargs, out):
         return
     if name in ("view", "reshape") and len(args) == 2 and isinstance(args[1], torch.dtype):
         return state.unknown(name, [x])
-    adaptive = None
+    adaptive, attr_sizes = None, {}
     if name in ("view", "reshape"):
         requested = _raw_shape_args(args, kwargs)
         # sizes that follow the tensor: -1, or read from a tensor's shape (`graph.sizes`); others are constants
         adaptive = [i for i, r in enumerate(requested) if follows_tensor(r)]
-    state.set(out, reshape_labels(state.uf, state.get(x), tuple(x.shape), tuple(out.shape), adaptive, state.where(name)))
+        if len(requested) == out.dim():  # sizes read from attributes (`graph.attrs`): equations to solve later
+            attr_sizes = {i: r for i, r in enumerate(requested) if isinstance(r, AttrInt)}
+    where = state.where(name)
+    state.set(out, reshape_labels(state.uf, state.get(x), tuple(x.shape), tuple(out.shape), adaptive, where,
+                                  attr_sizes, lambda value, ids: record(state, value, ids, where)))
 
 
 def _raw_shape_args(args, kwargs):

@@ -66,6 +66,42 @@ def tie_slice_segments(state, lab: torch.Tensor, d: int, it: slice, size: int) -
     return True
 
 
+def attr_slice(state, lab: torch.Tensor, d: int, it: slice, size: int, consumed=()) -> Optional[bool]:
+    """A slice whose offsets are read from attributes (``qkv[..., :self.config.num_attention_heads *
+    self.head_dim]``): each offset must equal, after pruning, the kept positions below it, so it is recorded as an
+    equation on those attributes (`graph.attrs`; solved or refused in `graph.attr_solve`).
+
+    Returns:
+        None when no offset comes from an attribute (the other rules decide), True when recorded, False when the
+        offsets cannot follow (a literal or a tensor size cutting the dim alongside, a step, a negative offset).
+    """
+    from ..attrs import AttrInt, record
+    from ..labels import _ids_along
+
+    values = [v for v in (it.start, it.stop) if v is not None]
+    if not any(isinstance(v, AttrInt) for v in values):
+        return None
+    if it.step not in (None, 1):
+        return False
+    for value, edge in ((it.start, 0), (it.stop, size)):
+        if value is None or isinstance(value, AttrInt):
+            continue
+        if isinstance(value, ShapeInt) or value != edge:
+            return False
+    if any(int(v) < 0 or int(v) > size for v in values):
+        return False
+    ids = _ids_along(lab.expand(*[size if k == d else lab.shape[k] for k in range(lab.dim())]), d)
+    if ids is None:
+        return False
+    where = state.where("[]")
+    for value in (it.start, it.stop):
+        if isinstance(value, AttrInt):
+            record(state, value, ids[:int(value)], where)
+    for value in consumed:
+        state.attrs.consumed.add(id(value))
+    return True
+
+
 def producer_modules(state, lab: torch.Tensor) -> List[str]:
     """Names of the modules whose outputs own the channels in `lab` (the fused projection behind a slice)."""
     ids = set(torch.unique(state.uf.roots(lab[lab >= 0])).tolist())
