@@ -134,6 +134,12 @@ HF_EXTRA = {
     "hf_tiny_falcon": ("hf_generic", "FalconForCausalLM", dict(
         hidden_size=64, num_attention_heads=4, num_hidden_layers=2, multi_query=False,
         new_decoder_architecture=False)),
+    # grouped-query variant: ``view(b, t, -1, self.num_heads // self.num_kv_heads + 2, self.head_dim)``
+    "hf_tiny_falcon_gqa": ("hf_generic", "FalconForCausalLM", dict(
+        hidden_size=64, num_attention_heads=4, num_kv_heads=2, num_hidden_layers=2, new_decoder_architecture=True)),
+    # ``view(b, -1, self.n_heads, self.key_value_proj_dim)`` and a relative position bias shared by every layer
+    "hf_tiny_t5_encoder": ("hf_generic", "T5EncoderModel", dict(d_model=64, d_kv=16, num_heads=4, num_layers=2,
+                                                                 d_ff=96)),
 }
 
 

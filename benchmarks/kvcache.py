@@ -42,19 +42,21 @@ from prunekit.kvcache.think import ThinKPress  # noqa: E402
 from prunekit.paths import cache_root, repo_root  # noqa: E402
 
 SETTINGS = {
-    "quick": dict(memory_contexts=(512, 1024, 2048), speed_contexts=(1024, 2048), decode_tokens=8, ppl_context=512,
-                  ppl_segment=128, ppl_windows=6, retrieval_lengths=(1024,), prompts=6, needles=3, calib_seq=8,
+    "quick": dict(memory_contexts=(1024, 2048, 4096), speed_contexts=(1024, 2048), decode_tokens=8, ppl_context=512,
+                  ppl_segment=128, ppl_windows=6, retrieval_lengths=(1024,), prompts=6, needles=3, calib_seq=32,
                   retrieval_methods=("full", "think40", "think40_recent32", "cskv80", "cskv80_paper",
-                                     "cskv80_exact")),
+                                     "cskv80_exact", "cskv80_exact_err")),
     "full": dict(memory_contexts=(1024, 2048, 4096), speed_contexts=(1024, 4096, 8160), decode_tokens=12,
                  ppl_context=1024, ppl_segment=128, ppl_windows=12, retrieval_lengths=(2048, 4096), prompts=12,
                  needles=3, calib_seq=32,
-                 retrieval_methods=("full", "think40", "cskv80", "cskv80_exact", "think40_recent32", "cskv80_paper")),
+                 retrieval_methods=("full", "think40", "cskv80", "cskv80_exact", "cskv80_exact_err", "think40_recent32",
+                                    "cskv80_paper")),
 }
 EXACT_RATIO = 0.02  # cskv80_exact: 2% of the prompt's tokens kept exact (chosen by the last 32 queries' attention)
 MEMORY_SET = ("full", "think40", "think40_recent32", "think50", "cskv80", "cskv80_exact", "cskv80_4bit")
 SPEED_SET = ("full", "think40", "cskv80")
 PPL_SET = ("full", "think40", "think40_recent32", "think50", "kvpress_think40", "cskv80", "cskv80_exact",
+           "cskv80_exact_err",
            "cskv80_paper", "cskv80_svd")
 
 
@@ -81,7 +83,12 @@ def refusal_works(model) -> bool:
         return "prunekit kv calibrate" in str(exc)
 
 
+PARTS = ("memory", "speed", "ppl", "retrieval")
+
+
 def run(args) -> dict:
+    """Measure the `--parts` asked for (all by default), restricted to `--methods` when given; `finish` derives
+    ratios and targets (also from several partial JSON reports merged by ``--render``)."""
     import transformers
 
     from prunekit.models.hf import load_tokenizer, smollm2_135m
@@ -95,10 +102,14 @@ def run(args) -> dict:
     log(f"model and {test_ids.numel()} WikiText-2 test tokens loaded")
 
     refused = refusal_works(model)
+    parts = set(args.parts.split(",")) if args.parts else set(PARTS)
+    wanted = (lambda n: True) if not args.methods else (lambda n: n in args.methods.split(","))
     calib = {}
     for name, settings in {"cskv80": dict(density=0.2),
                            "cskv80_paper": dict(density=0.2, allocation="uniform", weighting="uniform",
                                                 sink=0)}.items():
+        if name != "cskv80" and not (wanted(name) and parts & {"ppl", "retrieval"}):
+            continue  # only the ppl and retrieval ablations use the paper's calibration
         press, seconds, loaded = calibrated(model, tokenizer, name, s["calib_seq"], args.retrain, **settings)
         calib[name] = {"press": press, "seconds": seconds, "loaded": loaded}
         log(f"{name}: factors {'loaded' if loaded else f'calibrated in {seconds:.0f} s'}")
@@ -108,11 +119,14 @@ def run(args) -> dict:
         "think40_recent32": ThinKPress(key_ratio=0.4, recent_size=32),
         "think50": ThinKPress(key_ratio=0.5),
         "cskv80": calib["cskv80"]["press"],
-        "cskv80_paper": calib["cskv80_paper"]["press"],
         "cskv80_svd": CSKVPress(k_density=0.2, v_density=0.2, init="svd"),
         "cskv80_exact": CSKVPress(factors=calib["cskv80"]["press"].factors, exact_ratio=EXACT_RATIO),
+        "cskv80_exact_err": CSKVPress(factors=calib["cskv80"]["press"].factors, exact_ratio=EXACT_RATIO,
+                                      exact_by="error"),
         "cskv80_4bit": CSKVPress(factors=calib["cskv80"]["press"].factors, bits=4),
     }
+    if "cskv80_paper" in calib:
+        presses["cskv80_paper"] = calib["cskv80_paper"]["press"]
     try:
         import kvpress
 
@@ -121,7 +135,7 @@ def run(args) -> dict:
         log("kvpress is not installed: its ThinKPress is skipped")
 
     mem = {}
-    for name in MEMORY_SET:
+    for name in [n for n in MEMORY_SET if "memory" in parts and wanted(n)]:
         bytes_at = {}
         for ctx in s["memory_contexts"]:
             cache = evaluate.new_cache(model)
@@ -132,6 +146,58 @@ def run(args) -> dict:
                      "fixed": {"fp32": memory.press_fixed_nbytes(presses[name]),
                                "fp16": memory.press_fixed_nbytes(presses[name], 2)}}
         log(f"memory {name}: {bytes_at}")
+
+    speed = {}
+    for ctx in s["speed_contexts"] if "speed" in parts else ():
+        speed[ctx] = evaluate.decode_speed(model, {n: presses[n] for n in SPEED_SET}, test_ids[None, :ctx],
+                                           s["decode_tokens"])
+        log(f"decode ms/token @ {ctx}: {speed[ctx]}")
+
+    ppl = {}
+    for name in [n for n in PPL_SET if n in presses and "ppl" in parts and wanted(n)]:
+        ppl[name] = evaluate.compressed_perplexity(model, presses[name], test_ids, s["ppl_context"], s["ppl_segment"],
+                                                   s["ppl_windows"])
+        log(f"ppl {name}: {ppl[name]['ppl']:.3f}")
+
+    retrieval = {}
+    for length in s["retrieval_lengths"] if "retrieval" in parts else ():
+        prompts = evaluate.retrieval_prompts(tokenizer, length, s["prompts"], s["needles"])
+        for name in [n for n in s["retrieval_methods"] if wanted(n)]:
+            result = evaluate.retrieval_accuracy(model, tokenizer, presses[name], prompts)
+            result.pop("answers")
+            retrieval.setdefault(length, {})[name] = result
+            log(f"retrieval @ {length} {name}: {result['found']}/{result['needles']} found")
+
+    return {"mode": "quick" if args.quick else "full", "settings": s, "memory": mem, "decode_ms": speed, "ppl": ppl,
+            "retrieval": retrieval, "torch_threads": args.threads, "refused": refused,
+            "calibration_seconds": {n: c["seconds"] for n, c in calib.items()},
+            "calibration_loaded": {n: c["loaded"] for n, c in calib.items()},
+            "cskv80_ranks": {"k": calib["cskv80"]["press"].factors.k_ranks,
+                             "v": calib["cskv80"]["press"].factors.v_ranks},
+            "seconds": time.perf_counter() - start}
+
+
+def merge(results: list) -> dict:
+    """Partial reports of the same mode (from ``--parts`` / ``--methods`` runs) as one; seconds add up."""
+    if len({r["mode"] for r in results}) != 1:
+        raise ConfigError("kvcache benchmark --render: the reports mix quick and full runs")
+    out = dict(results[0], memory={}, decode_ms={}, ppl={}, retrieval={}, seconds=0.0)
+    for r in results:
+        out["memory"].update(r["memory"])
+        out["ppl"].update(r["ppl"])
+        for ctx, per in r["decode_ms"].items():
+            out["decode_ms"].setdefault(ctx, {}).update(per)
+        for length, per in r["retrieval"].items():
+            out["retrieval"].setdefault(length, {}).update(per)
+        out["seconds"] += r["seconds"]
+        out["refused"] = out.get("refused", True) and r.get("refused", True)
+    return out
+
+
+def finish(r: dict) -> dict:
+    """Derived figures (memory profiles, ratios to the full cache, prompts below it) and the targets."""
+    s = r["settings"]
+    mem, ppl, retrieval = r["memory"], r["ppl"], r["retrieval"]
     big = max(s["memory_contexts"])
     for name, m in mem.items():
         for dtype in ("fp32", "fp16"):
@@ -139,41 +205,14 @@ def run(args) -> dict:
                                       {c: v[dtype] for c, v in mem["full"]["bytes"].items()}, m["fixed"][dtype])
             m[dtype] = dict(prof.as_dict(), ratio_at_big=(m["fixed"][dtype] + m["bytes"][big][dtype]) /
                             mem["full"]["bytes"][big][dtype])
-
-    speed = {}
-    for ctx in s["speed_contexts"]:
-        speed[ctx] = evaluate.decode_speed(model, {n: presses[n] for n in SPEED_SET}, test_ids[None, :ctx],
-                                           s["decode_tokens"])
-        log(f"decode ms/token @ {ctx}: {speed[ctx]}")
-
-    ppl = {}
-    for name in [n for n in PPL_SET if n in presses]:
-        ppl[name] = evaluate.compressed_perplexity(model, presses[name], test_ids, s["ppl_context"], s["ppl_segment"],
-                                                   s["ppl_windows"])
+    for name in ppl:
         ppl[name]["ratio"] = ppl[name]["ppl"] / ppl["full"]["ppl"]
-        log(f"ppl {name}: {ppl[name]['ppl']:.3f} (x{ppl[name]['ratio']:.4f})")
-
-    retrieval = {}
-    for length in s["retrieval_lengths"]:
-        prompts = evaluate.retrieval_prompts(tokenizer, length, s["prompts"], s["needles"])
-        for name in s["retrieval_methods"]:
-            result = evaluate.retrieval_accuracy(model, tokenizer, presses[name], prompts)
-            result.pop("answers")
-            retrieval.setdefault(length, {})[name] = result
-        for name, result in retrieval[length].items():
-            below = evaluate.prompts_below(result, retrieval[length]["full"])
+    for length, per in retrieval.items():
+        for name, result in per.items():
+            below = evaluate.prompts_below(result, per["full"])
             result["prompts_below_per12"] = below * 12 / s["prompts"]
-            log(f"retrieval @ {length} {name}: {result['found']}/{result['needles']} found, "
-                f"{result['prompts_below_per12']:.2f} prompts in 12 below full")
-
-    targets = build_targets(s, mem, ppl, retrieval, speed, refused)
-    return {"mode": "quick" if args.quick else "full", "settings": s, "memory": mem, "decode_ms": speed, "ppl": ppl,
-            "retrieval": retrieval, "targets": targets, "torch_threads": args.threads,
-            "calibration_seconds": {n: c["seconds"] for n, c in calib.items()},
-            "calibration_loaded": {n: c["loaded"] for n, c in calib.items()},
-            "cskv80_ranks": {"k": calib["cskv80"]["press"].factors.k_ranks,
-                             "v": calib["cskv80"]["press"].factors.v_ranks},
-            "seconds": time.perf_counter() - start}
+    r["targets"] = build_targets(s, mem, ppl, retrieval, r["decode_ms"], r["refused"])
+    return r
 
 
 def build_targets(s, mem, ppl, retrieval, speed, refused) -> list:
@@ -255,7 +294,9 @@ def markdown(r: dict) -> str:
             "(the same rank everywhere, uniform token weights, no sink), same memory. cskv80_svd: `init='svd'`, "
             "uncalibrated. cskv80_4bit: 4-bit latents with the float-calibrated factors (memory only)." +
             (f" cskv80_exact: cskv80 plus {EXACT_RATIO:.0%} of the prompt's tokens kept as original keys and values, "
-             "those the last 32 prompt queries attend to most (`CSKVPress(exact_ratio=...)`)."
+             "those the last 32 prompt queries attend to most (`CSKVPress(exact_ratio=...)`); cskv80_exact_err "
+             "keeps as many, chosen as those whose keys and values the low rank reconstructs worst "
+             "(`exact_by='error'`, query-free; same bytes as cskv80_exact)."
              if "cskv80_exact" in r["memory"] else ""),
             f"- CSKV ranks per layer (K): {r['cskv80_ranks']['k']}; (V): {r['cskv80_ranks']['v']}.",
             "- Retrieval: the question is not compressed (as in kvpress's pipeline); answers run outside the press "
@@ -274,6 +315,7 @@ ABLATIONS = (  # (change, with it, without it)
      "cskv80", "cskv80_paper"),
     ("CSKV: calibrated factors instead of an uncalibrated SVD", "cskv80", "cskv80_svd"),
     ("CSKV: exact heavy-hitter tokens on top of the calibrated latents", "cskv80_exact", "cskv80"),
+    ("CSKV: exact worst-reconstructed tokens on top of the calibrated latents", "cskv80_exact_err", "cskv80"),
 )
 
 
@@ -314,15 +356,28 @@ def main(argv=None) -> int:
                         help="write the markdown page (default path docs/results_kvcache[_quick].md)")
     parser.add_argument("--retrain", action="store_true", help="ignore cached CSKV factors")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--render", default=None, metavar="JSON",
-                        help="measure nothing: rebuild the markdown from a JSON report this script wrote")
+    parser.add_argument("--parts", default=None,
+                        help=f"comma-separated subset of {','.join(PARTS)} to measure (default: all); a partial "
+                             "report has no targets until merged with --render")
+    parser.add_argument("--methods", default=None, help="comma-separated press names to measure (default: all; "
+                                                        "'full' is the reference every part needs)")
+    parser.add_argument("--render", default=None, nargs="+", metavar="JSON",
+                        help="measure nothing: rebuild the markdown from JSON reports this script wrote (several "
+                             "partial reports are merged)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.render:
-        result = _int_keys(json.loads(Path(args.render).read_text()))
+        result = finish(merge([_int_keys(json.loads(Path(p).read_text())) for p in args.render]))
         args.quick = result["mode"] == "quick"
     else:
         result = run(args)
+        if args.parts or args.methods:
+            if args.json:
+                write_json(args.json, report("kvcache", sys.argv[1:] if argv is None else argv, start, [], [],
+                                             partial=True, **result))
+            log("partial run: merge the reports with --render to get the tables and targets")
+            return 0
+        result = finish(result)
     text = markdown(result)
     print(text)
     print_targets(result["targets"])

@@ -134,13 +134,15 @@ def prune_pagcp(model, tasks: Dict[str, Any], held, example, s, keep: Optional[f
 
     analysis = planning.analyse(model, example)
     options = {"tolerance": s["tolerance"], "allowance": s["allowance"], "ratio_steps": s["ratio_steps"]}
+    policy = groups = scores = None
     for budget in ([Budget(target="macs", keep_fraction=keep)] if keep else []) + [Budget(ratio=0.999)]:
         config = planning.PlanConfig(criterion="l1", allocator={"name": "pagcp", **options}, budget=budget)
-        groups = planning.eligibility(analysis, config)
-        scores = planning.scoring(model, groups, config, example)
-        # MACs order the units and price each one's loss (a budget search passes its own MACs cost model too)
-        extra = {"forward": forward} if forward is not None else {}
-        policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example), **extra)
+        if policy is None:  # one sweep: the fallback budget reuses it (the policy keeps its result)
+            groups = planning.eligibility(analysis, config)
+            scores = planning.scoring(model, groups, config, example)
+            # MACs order the units and price each one's loss (a budget search passes its own MACs cost model too)
+            extra = {"forward": forward} if forward is not None else {}
+            policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example), **extra)
         try:
             allocation = planning.allocate(model, groups, scores, config, example, policy=policy)
         except ConfigError as exc:  # the oracle's safe removals do not reach the MACs of the other arm

@@ -11,6 +11,7 @@ of the conv/linear parameters:
 * masks-{synflow,snip}: the same scores' unstructured masks at init, kept as fixed masks on the full network;
 * random-{synflow,snip}: random unstructured masks with exactly the same per-layer densities (the paper's claim);
 * uniform: one width fraction for every group at the same parameter count.
+Every arm starts from the same Kaiming-normal scheme (`reinitialise(..., init="kaiming")`), seeded per seed.
 Accuracy, parameters (non-zero for the masked arms), MACs (dense: a masked network runs at the dense cost on commodity
 hardware) and eager CPU latency at batch 1 and 32 (masked arms: their masks folded into dense weights).
 
@@ -94,7 +95,7 @@ def _cost(model) -> Dict[str, int]:
 def run_precrop(args) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """Train every arm at every budget and seed. Returns (rows, latency per architecture)."""
     import prunekit
-    from prunekit.widths import build_model
+    from prunekit.widths import build_model, reinitialise
     from prunekit.widths.precrop import (PreCropConfig, apply_weight_masks, fold_weight_masks, precrop,
                                          random_masks)
 
@@ -106,8 +107,9 @@ def run_precrop(args) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
         task = _task(sizes, seed)
         items = task.calibration_items(64)
         batch = (torch.stack([i[0] for i in items]), torch.tensor([int(i[1]) for i in items]))
-        torch.manual_seed(seed)
-        init = task.architecture()  # the randomly initialised network every score is computed on
+        # the randomly initialised network every score is computed on, and the init of the masked arms: the same
+        # Kaiming scheme build_model gives the cropped arms, so no arm differs by its init scheme
+        init = reinitialise(task.architecture(), seed, "kaiming")
         analysis = prunekit.analyze(init, x)
         base_cost = _cost(init)
         for d in sizes["budgets"]:
@@ -116,7 +118,7 @@ def run_precrop(args) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
                 cfg = PreCropConfig(density=source, keep_params=d, synflow_iterations=sizes["synflow_iterations"])
                 res = precrop(init, x, cfg, batch=batch, analysis=analysis)
                 arms[f"precrop-{source}" if source != "uniform" else "uniform"] = (
-                    "channels", build_model(res.config, init, x, seed=seed), res)
+                    "channels", build_model(res.config, init, x, seed=seed, init="kaiming"), res)
                 if res.masks is not None:
                     masked = apply_weight_masks(copy.deepcopy(init), res.masks)
                     arms[f"masks-{source}"] = ("masks", masked, res)

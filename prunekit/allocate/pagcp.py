@@ -16,6 +16,11 @@ Use (the oracle needs the model, named task losses and held-out batches, which a
     removed = planning.selection(groups, policy.sweep_scores(scores), allocation)   # the oracle's channels
     plan = planning.make_plan(model, analysis, removed, allocation, config, inputs, pagcp=policy.provenance())
 
+Cost: units x ratios oracle evaluations, each over every held-out batch; with `cache_inputs` (default) each unit's
+evaluations replay the recorded outputs of the modules in front of it (`pagcp_sweep.PrefixCache`), so a unit deep
+in the network runs only the rest of it. Detectors: `pagcp_detect.DetectionTasks` gives the YOLOv8 loss components
+(box, cls, dfl) as tasks.
+
 Budgets: the sweep's committed removals are applied in order of loss per MAC saved (cheapest first); a ratio r
 applies the first r of them (over all units, the last unit taken partly), so a params / MACs budget search finds the
 cheapest-loss subset that meets the target. When even every safe removal misses the target the search reports the

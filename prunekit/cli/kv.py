@@ -137,7 +137,7 @@ def run(args) -> int:
     for column in ("method", "quality", "MB @ fp32 (fixed)", "of full fp32 / fp16", "break-even B=1 / B=8",
                    "decode ms/token"):
         table.add_column(column)
-    results, full_bytes, rows, speeds = {}, {}, [], {}
+    results, full_bytes, rows, speeds, memory_mb = {}, {}, [], {}, {}
     for name, item in runs:
         quality = _quality(args, model, tokenizer, item)
         at = {}
@@ -169,16 +169,17 @@ def run(args) -> int:
         rows.append([*row, f"{speed:.1f}"])
         results[name] = quality
         speeds[name] = speed
+        memory_mb[name] = at[n][None] / 2**20
     Console().print(table)
     if args.out:
-        _write_reports(args, [c.header for c in table.columns], rows, results, speeds)
+        _write_reports(args, [c.header for c in table.columns], rows, results, speeds, memory_mb)
     Console().print(f"memory and speed at {n} context tokens, batch 1; bytes are summed tensor storage plus the "
                     f"press's fixed bytes (CSKV factors); fp16 columns count float tensors at 2 bytes. Retrieval: "
                     f"needles found (each asked for after the compressed context).")
     return 0
 
 
-def _write_reports(args, columns, rows, results, speeds) -> None:
+def _write_reports(args, columns, rows, results, speeds, memory_mb) -> None:
     """report.json, report.md and report.html (`prunekit.report.kv_report`) into ``args.out``, one folder."""
     import json
     from pathlib import Path
@@ -190,12 +191,13 @@ def _write_reports(args, columns, rows, results, speeds) -> None:
     command = f"prunekit kv eval --model {args.model} --method {args.method}" + \
         "".join(f" --set {o}" for o in args.overrides)
     atomic_write_text(out / "report.json", json.dumps({"command": command, "columns": list(columns), "rows": rows,
-                                                       "quality": results, "decode_ms_per_token": speeds},
+                                                       "quality": results, "decode_ms_per_token": speeds,
+                                                       "cache_mb_fp32": memory_mb},
                                                       indent=1, default=str))
     lines = [f"# {command}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    kv_report(args.model, columns, rows, results, speeds, command).write(out / "report.html")
+    kv_report(args.model, columns, rows, results, speeds, command, memory_mb).write(out / "report.html")
     from rich.console import Console
 
     Console().print(f"wrote {out}/ (report.json, report.md, report.html)")

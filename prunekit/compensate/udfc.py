@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..quant.fold import fold_batchnorm, folded_weight_bias
 from ..quant.uniform import check_bits, dequantize, quantize_per_channel, quantize_tensor_
-from .closed_form import Moments, centered, estimated_error, neuron_merging_scales, solve
+from .closed_form import Moments, centered, estimated_error, identity_prior, neuron_merging_scales, solve
 from .layers import CompensableLayer, find_layers
 from .probe import Probe, probe_model
 from .sources import bn_moments, bn_output_std, input_metric, measured_moments, record_inputs, run_layer
@@ -52,6 +52,8 @@ class UDFCConfig:
         partners: ``single`` (one kept partner per pruned channel, the spec's form) or ``all`` (ridge least
             squares over every kept channel; the default, better on every model measured, see docs/udfc.md).
         ridge: ridge term alpha relative to the mean E[Ã^2].
+        ridge_target: what the ridge shrinks S towards: ``zero`` (the plain ridge, the default, which also scales undamaged channels down slightly) or
+            ``identity`` (towards no compensation: an undamaged channel is left exactly as it is).
         centered: solve on covariances (least squares with an intercept, supplied by the bias correction) instead
             of raw second moments (the spec's form).
         input_model: how the channel correlation is estimated from the filters: ``white`` (cosine of the filters,
@@ -80,6 +82,7 @@ class UDFCConfig:
     moments: str = "bn"
     partners: str = "all"
     ridge: float = 0.001
+    ridge_target: str = "zero"
     input_model: str = "white"
     centered: bool = True
     spatial_corr: float = 0.0
@@ -113,6 +116,8 @@ class UDFCConfig:
             raise ConfigError(f"udfc: guard must lie in [0, 1) or be None, got {self.guard}")
         if self.guard_to not in ("best", "neuron_merging", "none"):
             raise ConfigError(f"udfc: guard_to must be 'best', 'neuron_merging' or 'none', got {self.guard_to!r}")
+        if self.ridge_target not in ("identity", "zero"):
+            raise ConfigError(f"udfc: ridge_target must be 'identity' or 'zero', got {self.ridge_target!r}")
         if self.ridge < 0:
             raise ConfigError(f"udfc: ridge must be >= 0, got {self.ridge}")
 
@@ -234,7 +239,8 @@ def _compensate(st: _Work, lay: CompensableLayer, size: int, calibration_inputs)
                                   bn.running_mean.detach(), std, kept, cfg.nm_lambda, cfg.nm_threshold)
     else:
         m = _layer_moments(st, lay, kept, calibration_inputs)
-        S = solve(centered(m) if cfg.centered else m, kept, cfg.partners, cfg.ridge)
+        prior = identity_prior(size, kept) if cfg.ridge_target == "identity" else None
+        S = solve(centered(m) if cfg.centered else m, kept, cfg.partners, cfg.ridge, prior)
         naive = torch.zeros_like(S)
         naive[kept, torch.arange(kept.numel())] = 1.0
         norms = sum(st.mw[c].weight.detach().double().index_select(1, pos).transpose(0, 1).flatten(1).pow(2).sum(1)

@@ -75,15 +75,26 @@ def evaluate_dynamic(dyn: DynamicChannelModel, dataset: Dataset, batch_size: int
                        {k: v / n for k, v in agree.items()}, {k: v / n for k, v in kept.items()})
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 @torch.inference_mode()
 def batch1_latency(models: Dict[str, nn.Module], images: List[torch.Tensor], warmup: int = 3,
-                   repeats: int = 1) -> Dict[str, float]:
+                   repeats: int = 1, clock: str = "wall") -> Dict[str, float]:
     """Median per-input latency in ms of each model on `images` (each ``[C, H, W]``), one at a time, interleaved
     so the models share the machine's load alike.
+
+    Args:
+        clock: ``wall`` (elapsed time) or ``cpu`` (the calling thread's CPU time: with one torch thread every op
+            runs on it, and time the scheduler gives other processes is not counted, so a shared, overloaded
+            machine does not inflate small ops at random).
 
     Returns:
         ``{name: median ms}``.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"dynamic: batch1_latency clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
     for model in models.values():
         model.eval()
         for x in images[:warmup]:
@@ -92,7 +103,7 @@ def batch1_latency(models: Dict[str, nn.Module], images: List[torch.Tensor], war
     for _ in range(repeats):
         for x in images:
             for name, model in models.items():
-                start = time.perf_counter()
+                start = now()
                 model(x[None])
-                times[name].append((time.perf_counter() - start) * 1000.0)
+                times[name].append((now() - start) * 1000.0)
     return {name: statistics.median(v) for name, v in times.items()}

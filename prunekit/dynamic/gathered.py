@@ -79,40 +79,52 @@ class GatheredConv(nn.Module):
         parts = [self.unread] + [pos.index_select(0, self.kept[name]) for name, pos in self.reads]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _predict(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Kept filter indices from the pooled full-width input ``[1, C_in]`` (the predictor's linear layer as one
-        ``addmm``: at batch 1 every module call and transpose counts)."""
+    def _predict(self, x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        """Kept filter indices for input `x` (full width, or narrow: the channels at `index`).
+
+        The predictor's average pool and linear layer run as one spatial sum and one ``addmm`` (its ``alpha`` takes
+        the 1 / (H * W) of the mean): at batch 1 every extra op and module call is a sizeable share of a small
+        convolution. A narrow input meets the rows of the predictor's weight it reads (the masked channels would
+        have added zeros); with the softmax, which sees every channel, it is scattered to full width instead.
+        """
+        pooled = x.sum(dim=(2, 3))
+        weight_t = self.pred_weight_t
+        if index is not None:
+            if self.predictor.softmax:
+                pooled = pooled.new_zeros((1, self.in_channels)).index_copy_(1, index, pooled)
+            else:
+                weight_t = weight_t.index_select(0, index)
         if self.predictor.softmax:
-            pooled = pooled.softmax(dim=1)
-        logits = torch.addmm(self.pred_bias, pooled, self.pred_weight_t)
+            logits = torch.addmm(self.pred_bias, (pooled / (x.shape[2] * x.shape[3])).softmax(dim=1), weight_t)
+        else:
+            logits = torch.addmm(self.pred_bias, pooled, weight_t, alpha=1.0 / (x.shape[2] * x.shape[3]))
         return torch.nonzero(logits[0] > 0).flatten()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != 1:
             raise ConfigError(f"dynamic: the gathered path runs one input at a time, got a batch of {x.shape[0]}")
         weight, inp = self.weight, x
-        index = None
+        index = None  # the weight's input channels that meet `inp`, in its order (None: all, in order)
         if self.narrow_in:  # x holds only the source site's kept channels, in order
             name, pos = self.reads[0]
             index = self.kept[name] if self.identity_in else pos.index_select(0, self.kept[name])
+            if self.identity_in and index.numel() == self.in_channels:
+                index = None  # every channel kept, in order: nothing to gather
         elif self.reads:
             index = self._input_index()
             inp = x.index_select(1, index)
         if self.site is None:
-            if index is not None and index.numel() < self.in_channels:
+            if index is not None:
                 weight = weight.index_select(1, index)
             return _conv(inp, weight, self.bias, self)
-        pooled = x.mean(dim=(2, 3))  # full width (zeros where masked) unless the input arrived narrow
-        if self.narrow_in and index.numel() < self.in_channels:  # the predictor reads zeros where masked
-            pooled = pooled.new_zeros((1, self.in_channels)).index_copy_(1, index, pooled)
-        keep = self._predict(pooled)
+        keep = self._predict(x, index if self.narrow_in else None)  # a full-width x has zeros where masked
         self.kept[self.site] = keep
         everything = keep.numel() == self.out_channels
         bias = self.bias
         if not everything:  # gather the kept filters first: the input-side gather then moves fewer weights
             weight = weight.index_select(0, keep)
             bias = bias.index_select(0, keep) if bias is not None else None
-        if index is not None and index.numel() < self.in_channels:
+        if index is not None:
             weight = weight.index_select(1, index)
         y = _conv(inp, weight, bias, self)
         if self.narrow_out or everything:

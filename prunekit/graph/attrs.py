@@ -5,7 +5,8 @@ Phi-3 slices its fused ``qkv_proj`` at ``self.config.num_attention_heads * self.
 come from change with the pruned width. While tracing, every integer attribute of a module (and of a config object a
 module holds) reads as an `AttrInt`: an int that also carries the polynomial over attributes it equals
 (``num_attention_heads * head_dim``). Arithmetic keeps the polynomial where it stays exact (``+ - *``, ``//`` by a
-divisor of every coefficient); any other use of the value (a comparison, ``/``, mixing with a size read from a
+divisor of every coefficient; an exact ratio of attributes, ``num_heads // num_kv_heads``, stays a constant and
+records that the two change together); any other use of the value (a comparison, ``/``, mixing with a size read from a
 tensor, a torch call that is not a reshape or a slice) *freezes* its attributes: they must keep their values.
 Comparisons do not freeze (the engine's own rules compare sizes); a branch taken on an attribute's value is caught
 by verification, which runs the pruned model.
@@ -143,6 +144,13 @@ def _follow(value: Any, other: Any) -> Any:
 
 def _floordiv(self, other):
     value = int.__floordiv__(int(self), int(other)) if isinstance(other, int) else NotImplemented
+    if isinstance(other, AttrInt) and int(other) and int(self) % int(other) == 0 and _ACTIVE:
+        # a ratio of attributes (query heads per key-value head): it stays a constant of the code, so the
+        # attributes may only change together, in that ratio
+        reg = _ACTIVE[-1]
+        reg.equations.append(Equation(_add(self.poly, _mul(other.poly, _const(value)), -1),
+                                      torch.empty(0, dtype=torch.long), f"the ratio {value} at {reg.where}"))
+        return AttrInt(value, _const(value))
     if isinstance(other, int) and not isinstance(other, AttrInt) and _operand(other) is not None and other and \
             _ACTIVE and all((c / int(other)).denominator == 1 for c in self.poly.values()):
         return AttrInt(value, {m: c / int(other) for m, c in self.poly.items()})
@@ -213,11 +221,6 @@ def record(state, value: Any, ids: torch.Tensor, where: str) -> None:
     reg.consumed.add(id(value))
     if symbols(value):
         reg.equations.append(Equation(dict(value.poly), ids.reshape(-1).clone(), where))
-
-
-def record_unchanged(state, value: Any, where: str) -> None:
-    """An AttrInt size that must keep its value (an inner size of a reshape that whole units pass through)."""
-    record(state, value, torch.full((int(value),), -1, dtype=torch.long), where)
 
 
 def _is_config(v: Any) -> bool:

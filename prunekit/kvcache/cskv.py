@@ -16,7 +16,10 @@ perplexity at 50% on SmolLM2) and is available only explicitly, as ``init="svd"`
 
 Decoding cost: old keys are rebuilt from their latents (``up_K @ c``) and rotated at every step, which RoPE makes
 unavoidable; the rebuild runs in blocks of `KEY_BLOCK` tokens so its temporaries stay in the CPU caches (4x faster
-than one pass on SmolLM2 at 4k tokens). The value up-projection is applied once to the attention-weighted latents
+than one pass on SmolLM2 at 4k tokens). No rotary angle is computed per token and step: rotations compose,
+``q . R(p0 + t) k = (R(p0)^T q) . (R(t) k)``, so each block rotates its rebuilt keys by one fixed table of
+`KEY_BLOCK` angles (made when the context opens, counted in `CSKVPress.fixed_nbytes`) and the few query rows by the
+block's start (`LatentLayer._latent_logits_blockwise`). The value up-projection is applied once to the attention-weighted latents
 (``(P @ c_V) @ up_V^T``), never per token. Folding ``up_V`` further into ``o_proj`` would need an
 ``[hidden, H * r_V]`` matrix per layer (about 3x the factors' bytes) to save ``H * D * r_V`` multiply-adds per
 step, so it is not done. Float latents grow in `prunekit.kvcache.buffers.TokenBuffer` chunks instead of being
@@ -40,6 +43,7 @@ from .quant import QuantizedTensor, cat_tokens, quantize
 DEFAULT_DENSITY = 0.2  # the recommended setting: the cache is about 80% smaller
 KEY_BLOCK = 1024  # latent keys rebuilt per block while decoding
 INITS = ("calibrated", "svd")
+EXACT_BY = ("attention", "error")
 
 
 def refusal_message(press: "CSKVPress") -> str:
@@ -50,6 +54,20 @@ def refusal_message(press: "CSKVPress") -> str:
             f"or in Python: press = prunekit.kvcache.calibrate(model, tokenizer, density={press.k_density}); or give "
             f"the press calibration data (CSKVPress(data=token_ids)) to calibrate when its context opens. "
             f"init='svd' runs an uncalibrated SVD of the weights (much worse: +66% perplexity at 50% on SmolLM2).")
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in the ``rotate_half`` layout: channel ``i`` pairs with ``i + D/2``; ``x [..., D]``, ``cos, sin``
+    broadcastable to ``[..., D/2]``. Two fused multiply-adds per half, no ``cat`` temporaries."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    lo, hi = out[..., :half], out[..., half:]
+    torch.mul(x1, cos, out=lo)
+    lo.addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=hi)
+    hi.addcmul_(x1, sin)
+    return out
 
 
 def rank_for(density: float, kv_dim: int) -> int:
@@ -181,6 +199,10 @@ class CSKVPress(KVPress):
             exactly; a low rank fitted to typical tokens blurs them. Each such token costs about
             ``2 * H_kv * D / (r_K + r_V)`` latent tokens of memory.
         exact_window: observation queries that score the tokens for `exact_ratio`.
+        exact_by: how `exact_ratio` picks its tokens: ``"attention"`` (the last prompt queries' attention, above) or
+            ``"error"`` (the tokens whose keys and values the low rank reconstructs worst, relative error summed
+            over K and V; query-free, so it does not depend on what the prompt's end happens to look at: rare
+            tokens such as numbers and names, which a rank fitted to typical text blurs, are kept exact).
         data / tokenizer: calibration data for a press without factors (token ids ``[N, T]``, or text with the
             tokenizer); calibrated with `prunekit.kvcache.calibrate`'s defaults when the context first opens.
     """
@@ -195,6 +217,7 @@ class CSKVPress(KVPress):
     init: str = "calibrated"
     exact_ratio: float = 0.0
     exact_window: int = 32
+    exact_by: str = "attention"
     data: Any = field(default=None, repr=False, compare=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
 
@@ -209,6 +232,8 @@ class CSKVPress(KVPress):
                 setattr(self, name, float(meta.get(name, DEFAULT_DENSITY)))
         if self.init not in INITS:
             raise ConfigError(f"CSKVPress.init must be one of {INITS}, got {self.init!r}")
+        if self.exact_by not in EXACT_BY:
+            raise ConfigError(f"CSKVPress.exact_by must be one of {EXACT_BY}, got {self.exact_by!r}")
         if not 0.0 <= self.exact_ratio < 1.0 or self.exact_window < 1:
             raise ConfigError(f"CSKVPress: exact_ratio must be in [0, 1) and exact_window >= 1, got "
                               f"{self.exact_ratio} / {self.exact_window}")
@@ -222,6 +247,7 @@ class CSKVPress(KVPress):
         if self.sink < 0:
             raise ConfigError(f"CSKVPress.sink must be >= 0, got {self.sink}")
         self._rope_memo = None
+        self._block_memo = None  # (dtype, device), block_rope's table
 
     @classmethod
     def from_pretrained(cls, folder: str, **overrides) -> "CSKVPress":
@@ -237,13 +263,19 @@ class CSKVPress(KVPress):
         """The layout settings (what a saved factors folder records besides the factors)."""
         return {"k_density": self.k_density, "v_density": self.v_density, "window": self.window, "sink": self.sink,
                 "bits": self.bits, "group_size": self.group_size, "exact_ratio": self.exact_ratio,
-                "exact_window": self.exact_window}
+                "exact_window": self.exact_window, "exact_by": self.exact_by}
 
     def fixed_nbytes(self) -> int:
         """Bytes the press keeps alive besides the cache (its factors), whatever the context length or batch."""
+        return storage_nbytes(self.fixed_tensors())
+
+    def fixed_tensors(self) -> List[torch.Tensor]:
+        """What the press keeps alive besides the cache: the factors and, once prepared for a model, the rotary
+        table of `block_rope` (``2 * KEY_BLOCK * D/2`` numbers)."""
         if self.factors is None:
-            return 0
-        return storage_nbytes(t for layer in self.factors.layers for t in layer.values())
+            return []
+        table = [] if self._block_memo is None or self._block_memo[1] is None else list(self._block_memo[1][:2])
+        return [t for layer in self.factors.layers for t in layer.values()] + table
 
     def prepare(self, model: torch.nn.Module) -> None:
         k_rank, v_rank = latent_ranks(model, self.k_density, self.v_density)
@@ -266,8 +298,9 @@ class CSKVPress(KVPress):
                 f"CSKVPress: factors store {self.factors.total_rank} latent channels per token (K ranks "
                 f"{self.factors.k_ranks}, V ranks {self.factors.v_ranks}) but k_density {self.k_density} / v_density "
                 f"{self.v_density} ask for {k_rank} + {v_rank} per layer, {budget} in all")
-        dtype = next(model.parameters()).dtype
-        self.factors.layers = [{k: v.to(dtype) for k, v in layer.items()} for layer in self.factors.layers]
+        param = next(model.parameters())
+        self.factors.layers = [{k: v.to(param.dtype) for k, v in layer.items()} for layer in self.factors.layers]
+        self.block_rope(hf_compat.rotary_module(model), param.new_empty(0))
 
     def compress(self, call: AttentionCall) -> "LatentLayer":
         bsz, length = call.batch, call.q_len
@@ -310,14 +343,30 @@ class CSKVPress(KVPress):
 
         from .base import Observation
 
-        probs = Observation.from_call(call, self.exact_window).probs()  # [B, H, w, T]
-        mass = probs.sum(dim=(1, 2))[:, sink:sink + n_lat]  # [B, n_lat]: attention received, all heads
-        mass = F.avg_pool1d(mass[:, None], 5, stride=1, padding=2, count_include_pad=False)[:, 0]
+        if self.exact_by == "error":
+            mass = self._reconstruction_error(call)[:, sink:sink + n_lat]
+        else:
+            probs = Observation.from_call(call, self.exact_window).probs()  # [B, H, w, T]
+            mass = probs.sum(dim=(1, 2))[:, sink:sink + n_lat]  # [B, n_lat]: attention received, all heads
+            mass = F.avg_pool1d(mass[:, None], 5, stride=1, padding=2, count_include_pad=False)[:, 0]
         mass = mass.masked_fill(~valid[:, sink:sink + n_lat], float("-inf"))
         index = mass.topk(exact, dim=-1).indices.sort(dim=-1).values  # [B, e] latent indices
         slots = (index + sink)[:, None, :, None].expand(call.batch, call.num_kv_heads, exact, call.key.shape[-1])
         store["k_exact"], store["v_exact"] = call.key.gather(2, slots), call.value.gather(2, slots)
         store["exact_idx"] = index.to(torch.int32)
+
+    def _reconstruction_error(self, call: AttentionCall) -> torch.Tensor:
+        """Per-token relative squared error of the rank-r keys and values (pre-RoPE; RoPE keeps norms), ``[B, T]``:
+        ``|k - up_K down_K x|^2 / mean|k|^2 + |v - up_V down_V x|^2 / mean|v|^2``."""
+        factors = self.factors.layers[call.layer_idx]
+        _, k_proj, v_proj, _ = hf_compat.projections(call.module)
+        total = 0.0
+        for kind, proj in (("k", k_proj), ("v", v_proj)):
+            exact = call.hidden @ proj.weight.T  # biases cancel in the difference
+            approx = (call.hidden @ factors[f"{kind}_down"].T) @ factors[f"{kind}_up"].T
+            err = (exact - approx).pow(2).sum(-1)  # [B, T]
+            total = total + err / exact.pow(2).sum(-1).mean(-1, keepdim=True).clamp_min(1e-12)
+        return total
 
     def rope_for(self, call: AttentionCall, positions: torch.Tensor, like: torch.Tensor, offset_mode: bool):
         """``(cos, sin)`` for ``positions [B, T]``, memoised across the layers of one forward (offset mode)."""
@@ -326,6 +375,23 @@ class CSKVPress(KVPress):
         if not offset_mode or self._rope_memo is None or self._rope_memo[0] != key:
             self._rope_memo = (key, call.rope_at(like, positions.long()))
         return self._rope_memo[1]
+
+    def block_rope(self, rotary: torch.nn.Module, like: torch.Tensor):
+        """``(cos, sin, scaling)``: the model's rotary table for offsets ``0..KEY_BLOCK-1`` in the half form
+        (``[KEY_BLOCK, D/2]`` each), computed when the context opens (`prepare`) and counted in `fixed_nbytes`;
+        None when the model's rotary embedding is not the pairwise ``rotate_half`` form (its cos not two equal
+        halves), so callers fall back to per-token angles."""
+        memo = getattr(self, "_block_memo", None)
+        if memo is not None and memo[0] == (like.dtype, like.device):
+            return memo[1]
+        cos, sin = rotary(like, position_ids=torch.arange(KEY_BLOCK, device=like.device)[None])
+        half = cos.shape[-1] // 2
+        table = None
+        if torch.equal(cos[..., :half], cos[..., half:]) and torch.equal(sin[..., :half], sin[..., half:]):
+            scaling = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+            table = (cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous(), scaling)
+        self._block_memo = ((like.dtype, like.device), table)
+        return table
 
     @property
     def nominal_saving(self) -> float:
@@ -420,6 +486,37 @@ class LatentLayer(CompressedLayer):
         keys = keys.view(bsz, n, -1, self.module.head_dim).transpose(1, 2)
         return hf_compat.apply_rope(self.module, keys, cos, sin)
 
+    def _latent_logits_blockwise(self, call: AttentionCall, q: torch.Tensor, latents: torch.Tensor,
+                                 table) -> torch.Tensor:
+        """Logits ``[B, H_kv, G*q, n]`` of queries ``q [B, H_kv, G*q, D]`` over the latent keys at contiguous
+        positions, with no rotary angle computed per token.
+
+        RoPE rotations compose, ``R(p0 + t) = R(p0) R(t)``, so ``q . R(p0 + t) k_t = (R(p0)^T q) . (R(t) k_t)``: each
+        block of `KEY_BLOCK` latents starting at position ``p0`` rotates its rebuilt pre-RoPE keys by the press's
+        fixed table ``R(t)``, ``t < KEY_BLOCK`` (`CSKVPress.block_rope`), and the few query rows by ``-p0``.
+        """
+        s = self.store
+        cos_t, sin_t, scaling = table  # [KEY_BLOCK, D/2] each (the model's attention scaling folded in)
+        bsz, kv_heads, rows, dim = q.shape
+        n_lat = latents.shape[1]
+        _, k_proj, _, _ = hf_compat.projections(self.module)
+        first = (self.n_sink - s["pos_offset"]).to(q.device)  # [B] rotary position of latent 0
+        starts = torch.arange(0, n_lat, KEY_BLOCK, device=q.device)
+        cos_b, sin_b = call.rope_at(q, (first[:, None] + starts[None, :]).long())  # [B, nb, D]
+        half = dim // 2
+        cos_b, sin_b = cos_b[..., :half] / scaling, sin_b[..., :half] / scaling
+        out = q.new_empty(bsz, kv_heads, rows, n_lat)
+        for block, start in enumerate(range(0, n_lat, KEY_BLOCK)):
+            stop = min(n_lat, start + KEY_BLOCK)
+            keys = latents[:, start:stop] @ self.factors["k_up"].T
+            if k_proj.bias is not None:
+                keys = keys + k_proj.bias
+            keys = keys.view(bsz, stop - start, kv_heads, dim).transpose(1, 2)  # [B, H_kv, b, D] pre-RoPE
+            keys = rotate_pairs(keys, cos_t[:stop - start], sin_t[:stop - start])
+            q_back = rotate_pairs(q, cos_b[:, None, block:block + 1], -sin_b[:, None, block:block + 1])
+            out[..., start:stop] = q_back @ keys.transpose(2, 3)
+        return out
+
     def _rebuild_values(self, latents: torch.Tensor) -> torch.Tensor:
         _, _, v_proj, _ = hf_compat.projections(self.module)
         values = latents @ self.factors["v_up"].T
@@ -487,14 +584,18 @@ class LatentLayer(CompressedLayer):
         parts = [q @ s["k_win"].transpose(2, 3)]
         _, _, v_proj, _ = hf_compat.projections(call.module)
         if n_lat:
-            positions = self._latent_positions(q.device)
-            cos, sin = self.press.rope_for(call, positions, q, s["pos_offset"] is not None)
             latents = self._latents("k", q.dtype)
-            lat_logits = q.new_empty(bsz, kv_heads, groups * q_len, n_lat)
-            for start in range(0, n_lat, KEY_BLOCK):  # blockwise: temporaries stay in the CPU caches
-                stop = min(n_lat, start + KEY_BLOCK)
-                keys = self._rebuild_keys(latents[:, start:stop], cos[:, start:stop], sin[:, start:stop])
-                lat_logits[..., start:stop] = q @ keys.transpose(2, 3)
+            table = self.press.block_rope(call.rotary, q) if s["pos_offset"] is not None else None
+            if table is not None:
+                lat_logits = self._latent_logits_blockwise(call, q, latents, table)
+            else:
+                positions = self._latent_positions(q.device)
+                cos, sin = self.press.rope_for(call, positions, q, False)
+                lat_logits = q.new_empty(bsz, kv_heads, groups * q_len, n_lat)
+                for start in range(0, n_lat, KEY_BLOCK):  # blockwise: temporaries stay in the CPU caches
+                    stop = min(n_lat, start + KEY_BLOCK)
+                    keys = self._rebuild_keys(latents[:, start:stop], cos[:, start:stop], sin[:, start:stop])
+                    lat_logits[..., start:stop] = q @ keys.transpose(2, 3)
             exact = s.get("exact_idx")
             if exact is not None:  # exact tokens: their original keys replace the rebuilt ones
                 lat_logits.scatter_(3, exact.long()[:, None, None, :].expand(bsz, kv_heads, groups * q_len, -1),

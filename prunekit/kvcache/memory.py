@@ -55,6 +55,8 @@ def cache_nbytes_as(cache, float_bytes: Optional[int] = None) -> int:
 
 def press_fixed_nbytes(press, float_bytes: Optional[int] = None) -> int:
     """Bytes a press keeps alive besides the cache (CSKV's factors; 0 for presses that hold nothing)."""
+    if hasattr(press, "fixed_tensors"):
+        return nbytes_as(press.fixed_tensors(), float_bytes)
     factors = getattr(press, "factors", None)
     if factors is None or not hasattr(factors, "layers"):
         return 0

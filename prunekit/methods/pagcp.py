@@ -421,11 +421,13 @@ def _pagcp_step(model: nn.Module, tasks: Dict[str, Callable], held: List[tuple],
     analysis = planning.analyse(model, example)
     note = None
     budgets = ([Budget(target="macs", keep_fraction=keep)] if keep is not None else []) + [Budget(ratio=0.999)]
+    policy = groups = scores = None
     for budget in budgets:
         config = planning.PlanConfig(criterion=cfg.criterion, allocator={"name": "pagcp", **options}, budget=budget)
-        groups = planning.eligibility(analysis, config)
-        scores = planning.scoring(model, groups, config, example)
-        policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example))
+        if policy is None:  # one sweep: the fallback budget reuses it (the policy keeps its result)
+            groups = planning.eligibility(analysis, config)
+            scores = planning.scoring(model, groups, config, example)
+            policy = Pagcp(**options).attach(model, tasks, held, cost=macs_cost(model, groups, example))
         try:
             allocation = planning.allocate(model, groups, scores, config, example, policy=policy)
         except ConfigError as exc:  # the oracle's safe removals do not reach the MACs target

@@ -36,13 +36,17 @@ class CropStageConfig(PreCropConfig):
 
     Attributes:
         from_config: a saved `WidthConfig` (``.yaml`` / ``.json``) or a checkpoint folder written from one; when
-            set, no densities are computed and the other keys are ignored.
+            set, no densities are computed and the other keys (but `init`) are ignored.
+        init: how the cropped network is initialised: ``kaiming`` (Kaiming normal for its new shape, the paper's
+            "standard init") or ``reset`` (every module's own ``reset_parameters``).
     """
 
     from_config: Optional[str] = None
+    init: str = "kaiming"
 
     def __post_init__(self):
         super().__post_init__()
+        need(self.init in ("kaiming", "reset"), self.SECTION, f"init must be 'kaiming' or 'reset', got {self.init!r}")
         need(self.from_config is None or Path(self.from_config).exists(), self.SECTION,
              f"from_config {self.from_config} does not exist")
 
@@ -135,7 +139,7 @@ class PreCropRecipe(Recipe):
                               f"that does not widen, or prunekit.widths.build_model directly")
         if not width.model_spec:
             width.model_spec = task.model_spec()
-        small = build_model(width, model, x, seed=self.config.seed)
+        small = build_model(width, model, x, seed=self.config.seed, init=cfg.init)
         plan = small.prunekit_width_plan
         info.update(task.cost(small), width_fractions={g: round(f, 4) for g, f in width.fractions().items()},
                     kept=dict(width.kept))

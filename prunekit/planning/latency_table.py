@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from .latency_timer import LayerCall, Timer
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: fastest sample per point, monotone by running minima
 
 
 class LatencyTable:
@@ -65,15 +65,17 @@ class LatencyTable:
 
 
 def _monotone(ms: List[List[float]]) -> List[List[float]]:
-    """Running maxima along both axes: a wider layer never costs less (removes timing noise inversions)."""
+    """Make a grid non-decreasing in both widths (a wider layer never costs less) by running minima from the widest
+    point down: timing noise only adds time, so a point above a wider one is noise and is lowered to it. (Running
+    maxima upward would instead carry one noisy narrow point into every wider one.)"""
     out = [list(row) for row in ms]
-    for i in range(len(out)):
-        for j in range(len(out[i])):
+    for i in reversed(range(len(out))):
+        for j in reversed(range(len(out[i]))):
             best = out[i][j]
-            if i:
-                best = max(best, out[i - 1][j])
-            if j:
-                best = max(best, out[i][j - 1])
+            if i + 1 < len(out):
+                best = min(best, out[i + 1][j])
+            if j + 1 < len(out[i]):
+                best = min(best, out[i][j + 1])
             out[i][j] = best
     return out
 

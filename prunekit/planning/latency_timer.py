@@ -132,9 +132,10 @@ def _median_ms(call: Callable[[], Any], sync: Callable[[], None], repeats: int, 
 
 
 def _interleaved_ms(calls: Sequence[Callable[[], Any]], sync: Callable[[], None], repeats: int,
-                    min_sample_s: float = 1e-3) -> List[float]:
-    """Median ms of each call over `repeats` alternating rounds (one sample of each call per round); each sample
-    times enough back-to-back calls to last `min_sample_s`, after a warm-up."""
+                    min_sample_s: float = 1e-3, statistic: Callable[[List[float]], float] = statistics.median
+                    ) -> List[float]:
+    """`statistic` (median by default) of each call's ms over `repeats` alternating rounds (one sample of each call
+    per round); each sample times enough back-to-back calls to last `min_sample_s`, after a warm-up."""
     inner = []
     for call in calls:
         for _ in range(2):
@@ -153,7 +154,7 @@ def _interleaved_ms(calls: Sequence[Callable[[], Any]], sync: Callable[[], None]
                 calls[k]()
             sync()
             samples[k].append((time.perf_counter() - start) / inner[k] * 1000.0)
-    return [statistics.median(s) for s in samples]
+    return [statistic(s) for s in samples]
 
 
 def _build_layer(layer: LayerCall, out_c: int, in_c: int, dtype: torch.dtype) -> nn.Module:
@@ -215,8 +216,10 @@ class Timer:
     def grid_ms(self, layer: LayerCall, outs: Sequence[int], ins: Sequence[int]) -> List[List[float]]:
         """Times (ms) of the layer at every `outs` x `ins` width on its recorded input shape.
 
-        The points are timed in alternating rounds (one sample of each point per round, medians kept), so a
-        change of machine load while measuring shifts every point alike instead of bending the curve.
+        The points are timed in alternating rounds (one sample of each point per round) and each keeps its
+        fastest sample: load from other processes only ever adds time, so on a shared machine the minimum is the
+        estimate of the layer's own cost that is stable from run to run, where a median still carries bursts of
+        load into single grid points (and those would bend the curve the budget search follows).
         """
         calls = []
         for o in outs:
@@ -228,7 +231,7 @@ class Timer:
                 else:
                     calls.append(lambda module=module, x=x: module(x))
         with torch.inference_mode(), _threads(self.threads):
-            ms = _interleaved_ms(calls, self.sync, self.repeats)
+            ms = _interleaved_ms(calls, self.sync, self.repeats, statistic=min)
         return [ms[k * len(ins):(k + 1) * len(ins)] for k in range(len(outs))]
 
     def model_ms(self, model: nn.Module, inputs: Any) -> float:

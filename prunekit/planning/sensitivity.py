@@ -168,7 +168,8 @@ def latest_cached(model: nn.Module, directory: Optional[Path] = None) -> Optiona
 
 # --- measuring ---------------------------------------------------------------------------------------------------
 
-def evaluate(model: nn.Module, batches: Sequence[Any], loss_fn: Optional[Callable] = None) -> Dict[str, Optional[float]]:
+def evaluate(model: nn.Module, batches: Sequence[Any], loss_fn: Optional[Callable] = None
+             ) -> Dict[str, Optional[float]]:
     """Mean loss (and accuracy for class logits) over batches.
 
     Args:

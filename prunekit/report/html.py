@@ -196,7 +196,12 @@ def add_latency(page: HtmlReport, latency: Dict[str, Sequence[Any]]) -> None:
     page.image("Latency per runtime", figure_png(fig), "latency per runtime before and after", extra_html=table)
 
 
-def add_refused(page: HtmlReport, refused: Sequence[Dict[str, Any]]) -> None:
+def add_refused(page: HtmlReport, refused: Optional[Sequence[Dict[str, Any]]]) -> None:
+    """Groups left whole and why; None: the command does not record them."""
+    if refused is None:
+        page.text("Refused groups", ["not recorded by this command: `prunekit analyze --model NAME` lists every "
+                                     "group and why it is refused"])
+        return
     if not refused:
         page.text("Refused groups", ["every channel group was prunable"])
         return
@@ -274,28 +279,29 @@ def run_report(result: Dict[str, Any], out_dir: str | Path, command: str) -> Htm
         add_latency(page, {"eager": (base["latency_ms"], result["latency_ms"])})
     else:
         add_latency(page, {})
-    add_refused(page, [])
+    add_refused(page, None)
     add_training_curves(page, stage_losses(out, result))
     return page
 
 
 def kv_report(model: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], quality: Dict[str, Dict[str, Any]],
-              speed: Dict[str, float], command: str) -> HtmlReport:
-    """The page of `prunekit kv eval`: the results table and quality / decode-speed bars per method."""
+              speed: Dict[str, float], command: str, memory_mb: Optional[Dict[str, float]] = None) -> HtmlReport:
+    """The page of `prunekit kv eval`: the results table and perplexity (when measured), cache memory and decode
+    speed per method."""
     page = HtmlReport(f"prunekit kv eval report: {model}", _stamp(command))
     page.table("Results", columns, rows, note="memory and speed at the given context, batch 1")
     plt = _pyplot()
     methods = list(speed)
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    panels = [("decode ms / token", [speed[m] for m in methods], "#ff7f0e")]
+    if memory_mb and all(m in memory_mb for m in methods):
+        panels.insert(0, ("cache MB (fp32)", [memory_mb[m] for m in methods], "#2ca02c"))
     ppl = [quality.get(m, {}).get("ppl") for m in methods]
     if all(isinstance(p, (int, float)) for p in ppl):
-        axes[0].bar(methods, ppl, color="#1f77b4")
-        axes[0].set_ylabel("perplexity (lower is better)")
-    else:
-        axes[0].text(0.5, 0.5, "perplexity not measured", ha="center", va="center")
-        axes[0].set_axis_off()
-    axes[1].bar(methods, [speed[m] for m in methods], color="#ff7f0e")
-    axes[1].set_ylabel("decode ms / token")
+        panels.insert(0, ("perplexity (lower is better)", ppl, "#1f77b4"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (label, values, color) in zip(axes[0], panels):
+        ax.bar(methods, values, color=color)
+        ax.set_ylabel(label)
     fig.tight_layout()
     page.image("Quality and speed", figure_png(fig), "quality and decode speed per method")
     return page

@@ -31,5 +31,7 @@ def runtime_latencies(original: nn.Module, pruned: nn.Module, inputs: Any, eager
         out["onnxruntime"] = tuple(onnxruntime_latency(m, inputs, warmup, repeats, threads).median_ms
                                    for m in (original, pruned))
     except (PrunekitError, ImportError, RuntimeError, ValueError) as exc:
-        out["onnxruntime"] = (f"not measured: {str(exc).splitlines()[0][:160]}",)
+        out["onnxruntime"] = (f"not measured: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}",)
+    except Exception as exc:  # noqa: BLE001 -- an exporter's internal error must not fail the prune it reports on
+        out["onnxruntime"] = (f"not measured: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}",)
     return out

@@ -19,12 +19,24 @@ from ..errors import ConfigError
 from ..prune.plan import model_fingerprint
 from .config import WidthConfig
 
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _WIDENABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def reinitialise(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
-    """Re-initialise every module that has ``reset_parameters`` (its own default init, for its current shape) and
-    reset BatchNorm running statistics; in place. `seed` makes it reproducible."""
+INITS = ("reset", "kaiming")
+
+
+def reinitialise(model: nn.Module, seed: Optional[int] = None, init: str = "reset") -> nn.Module:
+    """Re-initialise every module for its current shape, in place, and reset BatchNorm running statistics.
+
+    Args:
+        seed: makes it reproducible (the global RNG state is restored afterwards).
+        init: ``"reset"``: every module's own ``reset_parameters`` (PyTorch defaults); ``"kaiming"``: the same, then
+            conv / linear weights drawn ``kaiming_normal_`` (fan-in, ReLU gain) and their biases zeroed: the
+            "standard Kaiming init of the new shape" of the PreCrop paper, which the CIFAR ResNets also use.
+    """
+    if init not in INITS:
+        raise ConfigError(f"reinitialise: init must be one of {INITS}, got {init!r}")
     gen_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(int(seed))
@@ -33,6 +45,10 @@ def reinitialise(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
+            if init == "kaiming" and isinstance(module, _WEIGHTED):
+                nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)
@@ -40,13 +56,14 @@ def reinitialise(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
 
 
 def build_model(config: WidthConfig, model: nn.Module, example_inputs: Any = None,
-                forward_fn: Optional[Callable] = None, seed: Optional[int] = None, verify: bool = False
-                ) -> nn.Module:
+                forward_fn: Optional[Callable] = None, seed: Optional[int] = None, verify: bool = False,
+                init: str = "reset") -> nn.Module:
     """A freshly initialised copy of `model` with the widths of `config`.
 
     The copy is narrowed by the engine (its groups and layer rules: residual ties, depthwise convolutions and the
     classifier are handled generally), widened where the config asks for it, then every module is re-initialised
-    with its own ``reset_parameters`` for its NEW shape (PreCrop step 3: the standard init of the new shape).
+    with its own ``reset_parameters`` (or Kaiming, `init`) for its NEW shape (PreCrop step 3: the standard init of
+    the new shape).
     `model` is not modified.
 
     Args:
@@ -55,6 +72,7 @@ def build_model(config: WidthConfig, model: nn.Module, example_inputs: Any = Non
         example_inputs: inputs to trace with; defaults to the ones the config describes.
         forward_fn: ``forward_fn(model, inputs)`` when the model is not called as ``model(inputs)``.
         seed: seeds the re-initialisation.
+        init: ``"reset"`` (the modules' own ``reset_parameters``) or ``"kaiming"`` (see `reinitialise`).
         verify: check the narrowing against the masked original (slow; the engine's own check).
 
     Returns:
@@ -93,7 +111,7 @@ def build_model(config: WidthConfig, model: nn.Module, example_inputs: Any = Non
                      analysis=analysis)
     if widened:
         widen_groups(work, analysis, widened)
-    reinitialise(work, seed)
+    reinitialise(work, seed, init)
     work.train()
     object.__setattr__(work, "prunekit_width_plan", None if widened else plan)
     object.__setattr__(work, "prunekit_width_config", config)

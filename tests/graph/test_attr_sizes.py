@@ -121,6 +121,17 @@ def test_distilbert_head_count_attribute_rewritten_and_reloaded(tmp_path):
         assert torch.equal(again(held_out).logits, pruned(held_out).logits)
 
 
+def test_falcon_grouped_query_ratio_of_attributes_kept():
+    """New-architecture Falcon reshapes with ``self.num_heads // self.num_kv_heads + 2``: the ratio stays a constant
+    of the code, so both attributes are rewritten together (one key-value head with its query heads per unit)."""
+    model = build_hf_extra("hf_tiny_falcon_gqa").eval()
+    ids, held_out = _inputs()
+    pruned = prunekit.apply(model, prunekit.plan(model, ids, ratio=0.5), ids, held_out=held_out)
+    assert pruned.prunekit_verification.passed and max(pruned.prunekit_verification.errors) < 1e-4
+    attn = pruned.transformer.h[1].self_attention
+    assert (attn.num_heads, attn.num_kv_heads, attn.query_key_value.out_features) == (2, 1, (2 + 2) * 16)
+
+
 class _AttrAttention(nn.Module):
     """q, k, v sliced at ``self.q_size`` offsets; `use` adds a second use of q_size that cannot follow a rewrite
     (``"scale"``) or slices only part of the heads (``"partial"``)."""

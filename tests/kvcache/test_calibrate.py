@@ -7,7 +7,7 @@ import torch
 from prunekit.config import from_dict
 from prunekit.errors import ConfigError
 from prunekit.kvcache import PRESSES, calibrate
-from prunekit.kvcache.cskv import DEFAULT_DENSITY, CSKVPress
+from prunekit.kvcache.cskv import DEFAULT_DENSITY, KEY_BLOCK, CSKVPress
 
 from .test_think import continuation_logits, tiny_model
 
@@ -37,7 +37,8 @@ def test_calibrate_saves_factors_with_settings_and_they_reload(tmp_path):
     assert press.factors is not None and press.init == "calibrated"
     meta = json.loads((tmp_path / "f" / "cskv.json").read_text())
     assert meta["press"] == {"k_density": 0.25, "v_density": 0.25, "window": 8, "sink": 4, "bits": 16,
-                             "group_size": 32, "exact_ratio": 0.0, "exact_window": 32}
+                             "group_size": 32, "exact_ratio": 0.0, "exact_window": 32,
+                             "exact_by": "attention"}
     assert meta["calibration"]["allocation"] == "adaptive" and meta["calibration"]["weighting"] == "attention"
     for row in meta["layers"]:  # the recommended training lowered every layer's error
         assert row["k_after"] < row["k_before"] and row["v_after"] < row["v_before"]
@@ -48,7 +49,9 @@ def test_calibrate_saves_factors_with_settings_and_they_reload(tmp_path):
     a = continuation_logits(model, press, ids, mask, 48)[1]
     b = continuation_logits(model, loaded, ids, mask, 48)[1]
     torch.testing.assert_close(a, b)
-    assert press.fixed_nbytes() == 4 * sum(t.numel() for layer in press.factors.layers for t in layer.values())
+    factors = 4 * sum(t.numel() for layer in press.factors.layers for t in layer.values())
+    rotary_table = 2 * KEY_BLOCK * (model.config.hidden_size // model.config.num_attention_heads // 2) * 4
+    assert press.fixed_nbytes() == factors + rotary_table  # decoding memoised the block-relative RoPE table
 
 
 def test_press_given_data_calibrates_itself_and_bad_input_is_named():

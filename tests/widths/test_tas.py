@@ -3,6 +3,7 @@ masked supernet against the engine's pruned model, the search moving toward its 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -211,8 +212,8 @@ def test_step_cost_loss_and_temperature_schedule():
     from prunekit.widths.tas import step_cost_loss, tau_at
 
     e = torch.tensor(60.0, requires_grad=True)
-    assert float(step_cost_loss(e, 55.0, 50.0, 5.0)) == pytest.approx(float(torch.log(e)))  # above R: push down
-    assert float(step_cost_loss(e, 40.0, 50.0, 5.0)) == pytest.approx(-float(torch.log(e)))  # below R - t: push up
-    assert float(step_cost_loss(e, 47.0, 50.0, 5.0)) == 0.0  # inside the band
+    assert step_cost_loss(e, 55.0, 50.0, 5.0).item() == pytest.approx(math.log(60))  # above R: push down
+    assert step_cost_loss(e, 40.0, 50.0, 5.0).item() == pytest.approx(-math.log(60))  # below R - t: push up
+    assert step_cost_loss(e, 47.0, 50.0, 5.0).item() == 0.0  # inside the band
     assert tau_at(0.0, 5.0, 0.1) == pytest.approx(5.0) and tau_at(1.0, 5.0, 0.1) == pytest.approx(0.1)
     assert tau_at(0.5, 5.0, 0.1) == pytest.approx(2.55)

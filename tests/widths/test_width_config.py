@@ -1,6 +1,8 @@
 """`WidthConfig`: validation, plan and file round trips, engine builds (residual ties, depthwise), load, widening."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -98,6 +100,12 @@ def test_build_residual_network_ties_and_fresh_init(tmp_path, resnet):
     assert not torch.equal(small.layer3[0].conv1.weight, model.layer3[0].conv1.weight)
     assert torch.equal(build_model(config, model, X, seed=3).layer3[0].conv1.weight, small.layer3[0].conv1.weight)
     assert model.layer2[0].downsample[0].out_channels == 32  # the original is untouched
+    # the paper's "standard Kaiming init of the new shape": std sqrt(2 / fan_in) of the NEW fan-in
+    kaiming = build_model(config, model, X, seed=3, init="kaiming")
+    w = kaiming.layer2[1].conv1.weight.detach()  # fan-in 16 x 3 x 3: the stage-2 stream is 16 wide
+    assert w.shape[1] == 16 and float(w.std()) == pytest.approx(math.sqrt(2 / 144), rel=0.1)
+    with pytest.raises(ConfigError, match="init must be one of"):
+        build_model(config, model, X, init="xavier")
     # saved in the plan format: prunekit.load rebuilds it from the registry name alone
     save_width_model(small, tmp_path / "out")
     again = prunekit.load(tmp_path / "out")

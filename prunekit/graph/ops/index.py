@@ -197,7 +197,10 @@ def _indexed_dims(x, items):
 
 
 def _labelled_index_axes(lab, x, items):
-    return [d for d, it in _indexed_dims(x, items) if d < lab.dim() and lab.shape[d] > 1]
+    """Labelled dims indexed by a list or an integer tensor (full slices of other labelled dims do not count:
+    Falcon's ``qkv[:, :, :, [-2]]`` picks inside whole heads)."""
+    return [d for d, it in _indexed_dims(x, items) if d < lab.dim() and lab.shape[d] > 1 and
+            (isinstance(it, list) or (isinstance(it, torch.Tensor) and it.dim() > 0 and it.dtype != torch.bool))]
 
 
 @register_op("narrow", "select", "index_select")

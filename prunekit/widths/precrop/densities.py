@@ -1,9 +1,11 @@
 """Layer-wise densities p_l at initialisation, one registered source per method (registry kind ``density``).
 
-- ``snip``: |g * w| on one batch (Lee et al.); ``grasp``: w * (H g) with the logits divided by 200, keeping the
-  largest (Wang et al.: GraSP removes the largest -w * Hg); ``synflow``: w * dR/dw with R = 1^T (prod |W_l|) 1 on an all-ones input, iterated 100 times
-  on the exponential schedule d^(k/100), in double precision with BatchNorm in eval mode and |weights| (Tanaka et
-  al.). Each keeps the global top ``d`` fraction of the scores; p_l = kept_l / n_l, and the masks are returned too
+- ``snip``: |g * w| on one batch (Lee et al.);
+- ``grasp``: w * (H g) with the logits divided by 200, keeping the largest (Wang et al.: GraSP removes the largest
+  -w * Hg);
+- ``synflow``: w * dR/dw with R = 1^T (prod |W_l|) 1 on an all-ones input, iterated 100 times on the exponential
+  schedule d^(k/100), in double precision with BatchNorm in eval mode and |weights| (Tanaka et al.).
+  These three keep the global top ``d`` fraction of the scores; p_l = kept_l / n_l, and the masks are returned too
   (the unstructured baseline of the PreCrop paper, v1).
 - ``synexp``: the closed-form program of the revised paper (v2): maximise sum_l log p_l under the parameter and/or
   MACs budget, ``0 < p_l <= upper_l`` (water-filling, `synexp.synexp_densities`); data-free, no scores, no masks.
