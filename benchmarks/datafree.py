@@ -99,8 +99,8 @@ def raw_images(name: str, n: int = CALIBRATION) -> torch.Tensor:
 def moment_rows(model, inputs, images) -> List[Dict[str, Any]]:
     """Per compensable layer: data-free E[A], E[A^2] against the measured ones, split into the part due to the
     Gaussian shape (a Gaussian with the measured mean and deviation, against the measurement) and the rest (the
-    BN statistics differ from the data's), and whether z ~ N(beta, gamma^2) holds (statistics within 25% of a
-    deviation, |skew| <= 0.5, |excess kurtosis| <= 1: medians over channels)."""
+    BN statistics differ from the data's), and whether z ~ N(beta, s^2) holds (s: `bn_output_std`; statistics
+    within 25% of a deviation, |skew| <= 0.5, |excess kurtosis| <= 1: medians over channels)."""
     import prunekit
     from prunekit.compensate.layers import find_layers
     from prunekit.compensate.moments import relu_mean, relu_second_moment
@@ -271,16 +271,23 @@ def markdown(results: List[Dict[str, Any]], targets, command: str, mode: str) ->
         if mom:
             ok = [m for m in mom if m["gaussian"]]
             lines += ["", f"Data-free vs measured moments on the first 256 raw-pixel test images ({len(mom)} "
-                          f"compensated layers, {len(ok)} where z ~ N(beta, gamma^2) holds). *of which shape*: a "
-                          f"Gaussian with the measured mean and deviation against the measurement, i.e. the error "
-                          f"left if the BN statistics were exact:", ""]
+                          f"compensated layers, {len(ok)} where z ~ N(beta, s^2) holds, s the BN output std with "
+                          f"eps). *of which shape*: a Gaussian with the measured mean and deviation against the "
+                          f"measurement, i.e. the error left if the BN statistics were exact:", ""]
             lines += markdown_table(["layer", "rel err E[A]", "rel err E[A^2]", "of which shape: E[A]", "E[A^2]",
-                                     "BN mean shift / abs(gamma)", "Gaussian holds", "why not"],
+                                     "BN mean shift / BN output std", "Gaussian holds", "why not"],
                                     [[m["layer"], f"{m['err_mean']:.3f}", f"{m['err_second']:.3f}",
                                       f"{m['shape_err_mean']:.3f}", f"{m['shape_err_second']:.3f}",
                                       f"{m['shift']:.3f}", "yes" if m["gaussian"] else "no",
                                       (m["fails"] or "-").replace("|", "\\|")]
                                      for m in mom])
+            if ok:
+                med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+                lines += ["", f"Median over the {len(ok)} layers where it holds: rel err E[A] "
+                          f"{med([m['err_mean'] for m in ok]):.3f}, E[A^2] {med([m['err_second'] for m in ok]):.3f} "
+                          f"(the target takes the maximum). The relative error is a norm over the layer's channels: "
+                          f"in a nearly dead layer (every channel's beta below zero) E[A] is a tail quantity and the "
+                          f"ratio is large although the layer contributes almost nothing."]
     return "\n".join(lines) + "\n"
 
 

@@ -92,7 +92,7 @@ def static_baseline(model, keep: float, train_set, test_set, steps: int, batch: 
             "model": pruned}
 
 
-def run_ftwt(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
+def run_ftwt(name: str, s: Dict[str, Any], thresholds=THRESHOLDS) -> List[Dict[str, Any]]:
     from prunekit.dynamic import DynamicConfig, attach
     from prunekit.dynamic.evaluate import batch1_latency, evaluate_dynamic
     from prunekit.dynamic.gathered import build_gathered, fold_batchnorm
@@ -107,7 +107,7 @@ def run_ftwt(name: str, s: Dict[str, Any]) -> List[Dict[str, Any]]:
     log(f"{name}: dense accuracy {dense_acc:.4f} on {len(test_set)} test images")
     images = [test_set[i][0] for i in range(s["latency"])]
     rows = []
-    for r in THRESHOLDS:
+    for r in thresholds:
         t0 = time.perf_counter()
         dyn = attach(copy.deepcopy(pretrained), torch.randn(1, 3, 32, 32), DynamicConfig(threshold=r, softmax=False))
         steps = min(s["steps"], len(train_set) // 64)
@@ -165,7 +165,8 @@ def conv_scaling(repeats: int = 300) -> List[Dict[str, Any]]:
                     times[name].append(now() - start)
             med = {k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}
             rows.append({"part": "convscale", "channels": channels, "size": size, "full_ms": med["full"],
-                         "half_out_ratio": med["half_out"] / med["full"], "half_in_ratio": med["half_in"] / med["full"]})
+                         "half_out_ratio": med["half_out"] / med["full"],
+                         "half_in_ratio": med["half_in"] / med["full"]})
     return rows
 
 
@@ -385,7 +386,7 @@ def write_doc(payload: Dict[str, Any], path: Path, plots: List[str]) -> None:
              "gate the stem and each block's last conv before the residual add (their filters are skipped, the sum "
              "stays dense for its readers). The groups tied across residual adds cannot be masked as one unit:", ""]
     for name, dense in payload.get("dense_groups", {}).items():
-        lines += [f"- {name}: {len(dense)} dense groups, e.g. `{next(iter(dense))}`: {next(iter(dense.values()))}"]
+        lines += [f"- {name}: {len(dense)} such groups, e.g. `{next(iter(dense))}`: {next(iter(dense.values()))}"]
     lines += ["", "*acc label masks*: accuracy with the ground-truth masks instead of the predicted ones. *MACs*: "
               "backbone MACs per input over the dense model's (predictor MACs are under 0.1% and added to the static "
               "baseline's budget). *agreement*: predicted mask equal to its label, over inputs and filters. The static "
@@ -393,8 +394,8 @@ def write_doc(payload: Dict[str, Any], path: Path, plots: List[str]) -> None:
               "of backbone training steps (the predictors' fit on cached features trains no backbone weight). "
               "*dense folded*: the dense model with its BatchNorms folded into the convs, as the gathered path "
               "folds them; *speed-up* is against it; *ceiling*: 1 / MACs mean, the speed-up of a path whose time "
-              "followed MACs. *static ms*: the static model, BN folded too.", "",
-              *conv_scaling_section([r for r in payload["rows"] if r["part"] == "convscale"]), *markdown_table(FTWT_COLUMNS, [ftwt_cells(r) for r in ftwt]), "",
+              "followed MACs. *static ms*: the static model, BN folded too.", "", *markdown_table(FTWT_COLUMNS, [ftwt_cells(r) for r in ftwt]), "",
+              *conv_scaling_section([r for r in payload["rows"] if r["part"] == "convscale"]),
               "## MACPruning (paper 6): input-pixel masks against a simulated CPA", "",
               "Maps: the issue's grid (keep probability 0.8 / 0.6 / 0.5, top-q 10 / 25 / 50 %) plus p = 0.9 and "
               "top-q 60 / 90 %, to show how little randomness the defence needs. The importance map is input-gradient "
@@ -423,6 +424,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--parts", default="ftwt,macpruning", help="comma-separated: ftwt, macpruning, convscale "
                                                                     "(the conv-time scaling table; runs with ftwt)")
+    parser.add_argument("--thresholds", default=",".join(str(t) for t in THRESHOLDS),
+                        help="comma-separated FTWT mass thresholds (one per process lets a shared machine run them "
+                             "side by side; --from-json merges the runs)")
     parser.add_argument("--md", action="store_true", help=f"rewrite {DOC} (and its plots)")
     parser.add_argument("--from-json", default=None, help="with --md: render the page from earlier runs' JSON "
                                                           "(comma-separated, e.g. one per --parts run: merged, "
@@ -448,7 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     scale_rows = conv_scaling() if parts & {"ftwt", "convscale"} else []
     if "ftwt" in parts:
         for name in s["ftwt_models"]:
-            ftwt_rows += run_ftwt(name, s)
+            ftwt_rows += run_ftwt(name, s, tuple(float(t) for t in args.thresholds.split(",") if t))
     if "macpruning" in parts:
         for name in ("digits_cnn", "cifar_resnet20"):
             rows, first = run_macpruning(name, s)
@@ -480,7 +484,9 @@ def merge_payloads(payloads: List[Dict[str, Any]]) -> Dict[str, Any]:
     merged = dict(payloads[0])
     merged["command"] = " and ".join(p["command"] for p in payloads)
     merged["seconds"] = sum(float(p["seconds"]) for p in payloads)
-    merged["rows"] = [r for p in payloads for r in p["rows"]]
+    scale = next(([r for r in p["rows"] if r["part"] == "convscale"] for p in payloads
+                  if any(r["part"] == "convscale" for r in p["rows"])), [])  # one conv-time table, the first run's
+    merged["rows"] = [r for p in payloads for r in p["rows"] if r["part"] != "convscale"] + scale
     for key in ("dense_groups", "simulator_curves"):
         merged[key] = {k: v for p in payloads for k, v in p.get(key, {}).items()}
     ftwt = [r for r in merged["rows"] if r["part"] == "ftwt"]

@@ -50,15 +50,15 @@ def plot_sweep(logs: Mapping[str, Mapping[str, Any]], path: Path, base_macs: Opt
             right.bar(x, saved if kept else 0.0, color=colours[u["stopped_by"] or GRID_END])
         left.set_ylim(0, 1)
         left.set_ylabel("ratio removed")
-        left.set_title(f"{title}: ratio per unit (sweep order), colour = task that stopped it; hatched = dropped by "
-                       "top-k", fontsize=8)
+        left.set_title(f"{title}\nratio the oracle passed (sweep order; hatched: dropped by top-k)", fontsize=8)
         right.set_ylabel("MACs saved" + (" (fraction)" if base_macs else ""))
-        right.set_title(f"{title}: MACs each unit's removal saves", fontsize=8)
+        right.set_title(f"{title}\nMACs the passed removal saves (a MACs budget may apply less)", fontsize=8)
         for ax in (left, right):
             ax.set_xticks(list(xs))
             ax.set_xticklabels(names, rotation=90, fontsize=5)
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-        left.legend(handles, list(colours), fontsize=7, title="stopped by", title_fontsize=7)
+        left.legend(handles, list(colours), fontsize=6, title="stopped by", title_fontsize=6, loc="upper left",
+                    bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     from ..io import atomic_write
 

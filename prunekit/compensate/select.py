@@ -53,7 +53,8 @@ def consumer_metric(columns: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def greedy_prune(cov: torch.Tensor, metric: torch.Tensor, n_remove: int, ridge: float = 0.001) -> Tuple[List[int], float]:
+def greedy_prune(cov: torch.Tensor, metric: torch.Tensor, n_remove: int,
+                 ridge: float = 0.001) -> Tuple[List[int], float]:
     """Grow the pruned set one channel at a time, each step adding the channel with the smallest err(P).
 
     Args:

@@ -52,8 +52,9 @@ class UDFCConfig:
         partners: ``single`` (one kept partner per pruned channel, the spec's form) or ``all`` (ridge least
             squares over every kept channel; the default, better on every model measured, see docs/udfc.md).
         ridge: ridge term alpha relative to the mean E[Ã^2].
-        ridge_target: what the ridge shrinks S towards: ``zero`` (the plain ridge, the default, which also scales undamaged channels down slightly) or
-            ``identity`` (towards no compensation: an undamaged channel is left exactly as it is).
+        ridge_target: what the ridge shrinks S towards: ``zero`` (the plain ridge, the default; it also scales
+            undamaged channels down slightly) or ``identity`` (towards no compensation: an undamaged channel is
+            left exactly as it is).
         centered: solve on covariances (least squares with an intercept, supplied by the bias correction) instead
             of raw second moments (the spec's form).
         input_model: how the channel correlation is estimated from the filters: ``white`` (cosine of the filters,

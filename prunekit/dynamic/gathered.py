@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..export.bn_fold import fold_batchnorm  # noqa: F401  (the gathered path's fair dense baseline: BN folded alike)
 from .model import DynamicChannelModel, predictor_key
 from .predictor import MaskPredictor
 
@@ -245,31 +246,3 @@ def check_equal(dyn: DynamicChannelModel, gathered: GatheredModel, x: torch.Tens
                           f"> {tolerance}); an operation between two masked layers may not map zero to zero")
     return error
 
-
-def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """An eval-mode copy of `model` with every BatchNorm that reads a conv's output folded into that conv.
-
-    The fair dense baseline for the gathered path, which folds its sites' BatchNorms the same way: the speed-up
-    measured against it comes from the skipped filters alone.
-
-    Args:
-        model: a CNN. example: one input ``[1, C, H, W]`` (one forward finds the conv -> BatchNorm pairs).
-    """
-    from .sites import _gates
-
-    folded = copy.deepcopy(model).eval()
-    modules = dict(folded.named_modules())
-    for pair in _gates(folded, example, set()):
-        if not pair.norm:
-            continue
-        conv, norm = modules[pair.conv], modules[pair.norm]
-        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-        shift = norm.bias.detach() - norm.running_mean * scale
-        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                        conv.dilation, conv.groups, bias=True)
-        with torch.no_grad():
-            new.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-            new.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
-        _replace(folded, pair.conv, new)
-        _replace(folded, pair.norm, nn.Identity())
-    return folded.eval()

@@ -154,4 +154,5 @@ def train_dynamic(dyn: DynamicChannelModel, dataset: Dataset, cfg: DynamicTrainC
     result = train(dyn, dataset, loop, hooks=[FTWTHook(cfg)])
     dyn.eval()
     dyn.supervise = False
-    return {"fit_agreement": fitted, "warmup_loss": warm, "steps": result.steps, "final_loss": result.final_loss, "seconds": result.seconds}
+    return {"fit_agreement": fitted, "warmup_loss": warm, "steps": result.steps, "final_loss": result.final_loss,
+            "seconds": result.seconds}

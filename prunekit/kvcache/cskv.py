@@ -19,11 +19,11 @@ unavoidable; the rebuild runs in blocks of `KEY_BLOCK` tokens so its temporaries
 than one pass on SmolLM2 at 4k tokens). No rotary angle is computed per token and step: rotations compose,
 ``q . R(p0 + t) k = (R(p0)^T q) . (R(t) k)``, so each block rotates its rebuilt keys by one fixed table of
 `KEY_BLOCK` angles (made when the context opens, counted in `CSKVPress.fixed_nbytes`) and the few query rows by the
-block's start (`LatentLayer._latent_logits_blockwise`). The value up-projection is applied once to the attention-weighted latents
-(``(P @ c_V) @ up_V^T``), never per token. Folding ``up_V`` further into ``o_proj`` would need an
-``[hidden, H * r_V]`` matrix per layer (about 3x the factors' bytes) to save ``H * D * r_V`` multiply-adds per
-step, so it is not done. Float latents grow in `prunekit.kvcache.buffers.TokenBuffer` chunks instead of being
-copied at every step.
+block's start (`LatentLayer._latent_logits_blockwise`). The value up-projection is applied once to the
+attention-weighted latents (``(P @ c_V) @ up_V^T``), never per token. Folding ``up_V`` further into ``o_proj``
+would need an ``[hidden, H * r_V]`` matrix per layer (about 3x the factors' bytes) to save ``H * D * r_V``
+multiply-adds per step, so it is not done. Float latents grow in `prunekit.kvcache.buffers.TokenBuffer` chunks
+instead of being copied at every step.
 """
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
-"""Predictor fit on cached features, BatchNorm folding for the dense baseline, the importance map's random subset."""
+"""Predictor fit on cached features; the importance map's random subset."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from prunekit.data import load
 from prunekit.dynamic import DynamicConfig, attach
 from prunekit.dynamic.fit import _fit_all, fit_predictors
-from prunekit.dynamic.gathered import fold_batchnorm
 from prunekit.dynamic.predictor import MaskPredictor
 from prunekit.models import build
 
@@ -45,21 +43,6 @@ def test_fit_makes_predictors_agree_with_their_labels():
     assert set(agreement) == {s.conv for s in dyn.sites} and min(agreement.values()) > 0.8
     assert after > before + 0.1 and after > 0.8
     assert all(torch.equal(v, dyn.backbone.state_dict()[k]) for k, v in backbone.items())  # backbone untouched
-
-
-def test_fold_batchnorm_keeps_the_function_and_drops_every_norm():
-    model = build("cifar_resnet20", pretrained=False).eval()
-    with torch.no_grad():  # non-trivial running statistics
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(2, 3, 32, 32)
-    folded = fold_batchnorm(model, x[:1])
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    with torch.no_grad():
-        want, got = model(x), folded(x)
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
 
 
 class _Recorder(torch.utils.data.Dataset):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from prunekit.kvcache.base import cache_nbytes, storage_nbytes
-from prunekit.kvcache.cskv import CSKVPress
+from prunekit.kvcache.cskv import KEY_BLOCK, CSKVPress
 from prunekit.kvcache.evaluate import measure_cache
 from prunekit.kvcache.hf_compat import new_cache
 from prunekit.kvcache.think import ThinKPress
@@ -123,7 +123,8 @@ def test_profile_counts_fixed_bytes_and_breaks_even():
     comp = {n: cache_nbytes_as(prefill(model, press, length=n, batch=1)) for n in lengths}
     full = {n: cache_nbytes_as(prefill(model, None, length=n, batch=1)) for n in lengths}
     fixed = press_fixed_nbytes(press)
-    assert fixed == 4 * sum(t.numel() for layer in press.factors.layers for t in layer.values())
+    table = 2 * KEY_BLOCK * (D // 2) * 4  # the block-relative RoPE table (cos and sin, half width, fp32)
+    assert fixed == 4 * sum(t.numel() for layer in press.factors.layers for t in layer.values()) + table
     prof = fit_profile(comp, full, fixed)
     rank = 8  # 0.25 of the 2 x 16 stacked channels, for K and for V
     assert prof.per_token == pytest.approx(L * 2 * rank * 4)  # the latents, fp32
