@@ -2,7 +2,8 @@
 
     python benchmarks/datafree.py --json out.json                 # full: 10/20/30/50% x fp32/8/6/4 bits, 10k images
     python benchmarks/datafree.py --quick --json out.json         # 30% + 6 bits only, under 10 minutes on 2 cores
-    python benchmarks/datafree.py --ratios 0.1,0.3,0.5 --bits 32,6,4 --test 1000   # the run in the docs
+    python benchmarks/datafree.py --models cifar_resnet56 --no-vit --ratios 0.2 --bits 8,6 --test 1000 --json a.json
+    python benchmarks/datafree.py --render q.json,a.json --md docs/results_datafree.md   # how the docs page was merged
     python benchmarks/datafree.py --md docs/results_datafree.md   # also write the results page
 
 On the pretrained CIFAR ResNet-20 and ResNet-56 (option A), ResNet-56 option B and (quantization only) the CIFAR

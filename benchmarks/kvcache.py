@@ -42,7 +42,7 @@ from prunekit.kvcache.think import ThinKPress  # noqa: E402
 from prunekit.paths import cache_root, repo_root  # noqa: E402
 
 SETTINGS = {
-    "quick": dict(memory_contexts=(1024, 2048, 4096), speed_contexts=(1024, 2048), decode_tokens=8, ppl_context=512,
+    "quick": dict(memory_contexts=(512, 1024, 2048), speed_contexts=(1024, 2048), decode_tokens=8, ppl_context=512,
                   ppl_segment=128, ppl_windows=6, retrieval_lengths=(1024,), prompts=6, needles=3, calib_seq=32,
                   retrieval_methods=("full", "think40", "think40_recent32", "cskv80", "cskv80_paper",
                                      "cskv80_exact", "cskv80_exact_err")),
@@ -84,6 +84,7 @@ def refusal_works(model) -> bool:
 
 
 PARTS = ("memory", "speed", "ppl", "retrieval")
+REPORT_KEYS = ("benchmark", "command", "environment", "rows", "targets", "all_passed", "partial")  # `report`'s own
 
 
 def run(args) -> dict:
@@ -181,8 +182,13 @@ def merge(results: list) -> dict:
     """Partial reports of the same mode (from ``--parts`` / ``--methods`` runs) as one; seconds add up."""
     if len({r["mode"] for r in results}) != 1:
         raise ConfigError("kvcache benchmark --render: the reports mix quick and full runs")
-    out = dict(results[0], memory={}, decode_ms={}, ppl={}, retrieval={}, seconds=0.0)
+    out = {k: v for k, v in results[0].items() if k not in REPORT_KEYS}
+    out.update(memory={}, decode_ms={}, ppl={}, retrieval={}, seconds=0.0)
+    out["settings"] = dict(out["settings"])
     for r in results:
+        for part, key in (("memory", "memory_contexts"), ("decode_ms", "speed_contexts")):
+            if r[part]:  # the contexts a part was measured at are those of the report that measured it
+                out["settings"][key] = r["settings"][key]
         out["memory"].update(r["memory"])
         out["ppl"].update(r["ppl"])
         for ctx, per in r["decode_ms"].items():
@@ -390,9 +396,9 @@ def main(argv=None) -> int:
     text = markdown(result)
     print(text)
     print_targets(result["targets"])
-    if args.json and not args.render:
+    if args.json:  # with --render: the merged report, targets included
         write_json(args.json, report("kvcache", sys.argv[1:] if argv is None else argv, start, [], result["targets"],
-                                     **{k: v for k, v in result.items() if k != "targets"}))
+                                     **{k: v for k, v in result.items() if k not in REPORT_KEYS}))
     if args.md:
         path = args.md if args.md != "auto" else str(
             repo_root() / "docs" / ("results_kvcache_quick.md" if args.quick else "results_kvcache.md"))

@@ -347,7 +347,8 @@ def markdown(result: Dict[str, Any], plot_name: Optional[str] = None) -> str:
                   f"One sweep on {cost['model']} ({cost['units']} units, {cost['ratios']} ratios each, "
                   f"{cost['images']} held-out images, one thread): {cost['cached']:.2f} s per unit when the oracle "
                   f"replays each unit's front (the default, `cache_inputs`), {cost['full_forward']:.2f} s per unit "
-                  f"with full forward passes ({cost['speedup']:.2f}x). Per-unit seconds of every sweep are in the "
+                  f"with full forward passes ({cost['speedup']:.2f}x; both in the same run, so the ratio holds on a "
+                  "loaded machine where the absolute seconds do not). Per-unit seconds of every sweep are in the "
                   "logs below (the detector's too)."]
     if plot_name:
         lines += ["", "## Ratio and binding task per unit (last round of each multitask PAGCP)", "",

@@ -13,8 +13,8 @@ def _report(settings, **parts):
     return base
 
 
-def _mem(per_token, fixed):
-    return {"bytes": {c: {"fp32": per_token * c, "fp16": per_token * c // 2} for c in (1024, 2048, 4096)},
+def _mem(contexts, per_token, fixed):
+    return {"bytes": {c: {"fp32": per_token * c, "fp16": per_token * c // 2} for c in contexts},
             "fixed": {"fp32": fixed, "fp16": fixed // 2}}
 
 
@@ -25,9 +25,11 @@ def _found(per_prompt):
 def test_partial_reports_merge_into_the_targets():
     with bench_module("kvcache.py", "_kvcache_bench") as bench:
         settings = dict(bench.SETTINGS["quick"])
+        ctxs = (1024, 2048, 4096)  # the memory part ran at other contexts than the settings of the other parts
+        mem_settings = dict(settings, memory_contexts=ctxs)
         parts = [
-            _report(settings, memory={"full": _mem(FULL_TOKEN, 0), "think40": _mem(0.8 * FULL_TOKEN, 0),
-                                      "cskv80": _mem(0.2 * FULL_TOKEN, 0.05 * FULL_TOKEN * 4096)},
+            _report(mem_settings, memory={"full": _mem(ctxs, FULL_TOKEN, 0), "think40": _mem(ctxs, 0.8 * FULL_TOKEN, 0),
+                                          "cskv80": _mem(ctxs, 0.2 * FULL_TOKEN, 0.05 * FULL_TOKEN * 4096)},
                     decode_ms={1024: {"full": 10.0, "think40": 9.0, "cskv80": 20.0},
                                2048: {"full": 20.0, "think40": 16.0, "cskv80": 25.0}}),
             _report(settings, ppl={"full": {"ppl": 20.0}, "think40": {"ppl": 20.2}, "cskv80": {"ppl": 23.0}}),
@@ -35,7 +37,7 @@ def test_partial_reports_merge_into_the_targets():
                                                 "think40": _found([3, 2, 2, 3, 1, 3])}}),
             _report(settings, retrieval={1024: {"cskv80": _found([3, 3, 2, 0, 1, 3])}}, refused=True),
         ]
-        merged = bench.finish(bench.merge(parts))
+        merged = bench.finish(bench.merge(parts[1:] + parts[:1]))  # the memory report need not come first
     assert merged["seconds"] == pytest.approx(40.0)
     values = {t["name"]: t["value"] for t in merged["targets"]}
     passed = {t["name"]: t["passed"] for t in merged["targets"]}
