@@ -82,6 +82,22 @@ def environment() -> Dict[str, Any]:
     return environment_report()
 
 
+def median_latency_ms(model: Any, x: Any, repeats: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of `model(x)` in inference mode after `warmup` calls (eval mode is set)."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
 def write_json(path: str | os.PathLike, payload: Dict[str, Any]) -> Path:
     """Write `payload` as indented JSON, atomically (temporary file + rename); non-JSON values become strings."""
     from prunekit.io import atomic_write_text

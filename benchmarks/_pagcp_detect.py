@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from _common import target  # noqa: E402
+from _common import median_latency_ms, target  # noqa: E402
 
 DETECT_SETTINGS = {
     "quick": dict(width=0.125, img=128, n_train=512, epochs=8, batch=16, lr=0.1, ft_lr=0.05, ft_epochs=2,
@@ -53,16 +53,7 @@ def _held_losses(model, tasks, held) -> Dict[str, float]:
 
 
 def _latency_ms(model, img: int, repeats: int = 10) -> float:
-    x = torch.zeros(1, 3, img, img)
-    model.eval()
-    with torch.inference_mode():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
+    return median_latency_ms(model, torch.zeros(1, 3, img, img), repeats, warmup=1)
 
 
 def detector_part(mode: str, prune_pagcp: Callable, prune_baseline: Callable, retrain: bool = False

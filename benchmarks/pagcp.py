@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (THREADS_HELP, markdown_table, markdown_target_table, print_table, print_targets,  # noqa: E402
-                     report, target, write_json)
+from _common import (THREADS_HELP, markdown_table, markdown_target_table, median_latency_ms,  # noqa: E402
+                     print_table, print_targets, report, target, write_json)
 
 import prunekit  # noqa: E402
 from prunekit import planning  # noqa: E402
@@ -110,16 +110,7 @@ def held_out_losses(model, held) -> Dict[str, float]:
 
 
 def latency_ms(model, repeats: int = 30) -> float:
-    x = torch.randn(1, 3, 32, 32)
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
+    return median_latency_ms(model, torch.randn(1, 3, 32, 32), repeats)
 
 
 def prune_baseline(model, allocator: str, example, keep: float) -> tuple:

@@ -135,7 +135,6 @@ def find_sites(model: nn.Module, inputs: Any, gate_tied: bool = True) -> Tuple[L
 
 def _norm_not_after_conv(model: nn.Module, inputs: Any, sites: List[MaskSite]) -> List[MaskSite]:
     """Sites whose BatchNorm does not read exactly the conv's output (checked on one forward)."""
-    from ..graph.trace import call_model
 
     outputs, norm_inputs, handles = {}, {}, []
     modules = dict(model.named_modules())
@@ -146,19 +145,13 @@ def _norm_not_after_conv(model: nn.Module, inputs: Any, sites: List[MaskSite]) -
             lambda mod, args, out, name=s.conv: outputs.__setitem__(name, out)))
         handles.append(modules[s.norm].register_forward_pre_hook(
             lambda mod, args, name=s.norm: norm_inputs.__setitem__(name, args[0])))
-    try:
-        with torch.no_grad():
-            call_model(model, inputs, None)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, inputs, handles)
     return [s for s in sites if s.norm and norm_inputs.get(s.norm) is not outputs.get(s.conv)]
 
 
 def _gates(model: nn.Module, inputs: Any, taken: set) -> List[MaskSite]:
     """A gate site for every ungrouped conv not in `taken` that runs on `inputs`, with the BatchNorm that reads
     exactly its output (checked on one forward), if any."""
-    from ..graph.trace import call_model
 
     outputs, norm_of, handles = {}, {}, []
     for name, m in model.named_modules():
@@ -171,13 +164,20 @@ def _gates(model: nn.Module, inputs: Any, taken: set) -> List[MaskSite]:
                 if hit is not None and hit[1] is args[0]:
                     norm_of.setdefault(hit[0], name)
             handles.append(m.register_forward_pre_hook(pre))
+    _forward_with_hooks(model, inputs, handles)
+    convs = {name for name, _ in outputs.values()}
+    modules = dict(model.named_modules())
+    return [MaskSite(group=f"gate:{name}", conv=name, norm=norm_of.get(name, ""),
+                     channels=modules[name].out_channels, tied=True) for name in sorted(convs)]
+
+
+def _forward_with_hooks(model: nn.Module, inputs: Any, handles: List[Any]) -> None:
+    """One no-grad forward on `inputs` that the registered hooks observe; the hooks are always removed."""
+    from ..graph.trace import call_model
+
     try:
         with torch.no_grad():
             call_model(model, inputs, None)
     finally:
         for h in handles:
             h.remove()
-    convs = {name for name, _ in outputs.values()}
-    modules = dict(model.named_modules())
-    return [MaskSite(group=f"gate:{name}", conv=name, norm=norm_of.get(name, ""),
-                     channels=modules[name].out_channels, tied=True) for name in sorted(convs)]

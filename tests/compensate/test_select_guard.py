@@ -11,7 +11,9 @@ from prunekit.compensate.select import channel_covariance, consumer_metric, gree
 from prunekit.compensate.sources import bn_output_std
 from prunekit.compensate.udfc import UDFCConfig, compress
 from prunekit.errors import ConfigError
-from prunekit.models import build, example_inputs, info
+from prunekit.models import example_inputs
+
+from .conftest import logit_error
 
 
 def test_bn_output_std_includes_eps():
@@ -105,33 +107,13 @@ def test_ridge_towards_identity_leaves_undamaged_channels_alone():
     assert float(S[3, 0]) == pytest.approx(2.0, rel=0.02)  # the copy is rebuilt from its original
 
 
-@pytest.fixture(scope="module")
-def resnet20():
-    return build("cifar_resnet20").eval()
-
-
-@pytest.fixture(scope="module")
-def raw_images():
-    from prunekit.data import load
-
-    meta = info("cifar_resnet20")
-    data = load("cifar10_raw", normalize=(meta.mean, meta.std), limit=128)
-    return torch.stack([data[i][0] for i in range(len(data))])
-
-
-def _logit_error(model, reference, x):
-    with torch.no_grad():
-        y0 = reference(x)
-        return float((model(x) - y0).pow(2).mean() / y0.pow(2).mean())
-
-
 def test_reconstruction_selection_keeps_counts_and_lowers_error(resnet20, raw_images):
     x = example_inputs("cifar_resnet20")
     plan = prunekit.plan(resnet20, x, ratio=0.3, criterion="l1")
     errors = {}
     for selection in ("plan", "reconstruction"):
         result = compress(resnet20, x, UDFCConfig(bits=6, prune_uncompensable=False, selection=selection), plan=plan)
-        errors[selection] = _logit_error(result.model, resnet20, raw_images)
+        errors[selection] = logit_error(result.model, resnet20, raw_images)
         if selection == "reconstruction":
             compensable = set(result.report["compensable_groups"])
             chosen = result.plan.removed

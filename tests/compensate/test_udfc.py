@@ -11,29 +11,11 @@ from prunekit.compensate.layers import find_layers
 from prunekit.compensate.probe import probe_model
 from prunekit.compensate.udfc import UDFCConfig, compress
 from prunekit.errors import ConfigError
-from prunekit.models import build, example_inputs, info
+from prunekit.models import example_inputs
 from prunekit.quant import load_quantized
 from prunekit.quant.artifact import WEIGHTS_FILE, pack_nibbles, unpack_nibbles
 
-
-@pytest.fixture(scope="module")
-def resnet20():
-    return build("cifar_resnet20").eval()
-
-
-@pytest.fixture(scope="module")
-def raw_images():
-    from prunekit.data import load
-
-    meta = info("cifar_resnet20")
-    data = load("cifar10_raw", normalize=(meta.mean, meta.std), limit=128)
-    return torch.stack([data[i][0] for i in range(len(data))])
-
-
-def _logit_error(model, reference, x):
-    with torch.no_grad():
-        y0 = reference(x)
-        return float((model(x) - y0).pow(2).mean() / y0.pow(2).mean())
+from .conftest import logit_error
 
 
 def test_compensation_reduces_error_on_real_images(resnet20, raw_images):
@@ -43,7 +25,7 @@ def test_compensation_reduces_error_on_real_images(resnet20, raw_images):
     for arm, options in {"naive": dict(compensation="none", bias_correction=False),
                          "udfc": dict(compensation="udfc")}.items():
         result = compress(resnet20, x, UDFCConfig(bits=6, prune_uncompensable=False, **options), plan=plan)
-        errors[arm] = _logit_error(result.model, resnet20, raw_images)
+        errors[arm] = logit_error(result.model, resnet20, raw_images)
         assert result.report["removed_channels"] > 0
     assert errors["udfc"] < 0.8 * errors["naive"]
 
