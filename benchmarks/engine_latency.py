@@ -309,8 +309,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pruned, info = prune()
             except ConfigError as exc:  # a latency target the constraints cannot reach: reported, not hidden
                 print(f"{name} batch {timed_x.shape[0]} [{plan_name}]: refused: {exc}", flush=True)
-                batch_rows.append({"model": name, "plan": plan_name, "backend": measured_on[0] if measured_on
-                                   else "-", "runtime": measured_on[0] if measured_on else "-",
+                runtime = measured_on[0] if measured_on else "-"
+                family = next((b for b, r in RUNTIME_OF.items() if r == runtime), runtime)
+                batch_rows.append({"model": name, "plan": plan_name, "backend": f"{family} (plan refused)",
+                                   "runtime": runtime,
                                    "input_shape": list(timed_x.shape), "macs_ratio": None,
                                    "error": str(exc)[:300]})
                 continue

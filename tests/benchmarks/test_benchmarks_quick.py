@@ -101,13 +101,21 @@ def test_latency_quick_report(latency):
     simd, planned = rows[0], rows[-1]
     assert simd["round_to"] in (8, 16)  # round_to="auto": the CPU's channel block
     assert 1.8 <= simd["macs_ratio"] <= 2.3  # half the MACs, within the budget search tolerance and rounding
-    assert planned["runtime"] == "eager-bnfold" and planned["allocator"] == "cost_rank"
-    assert abs(planned["predicted_keep"] - 0.5) <= 0.02 * 0.5 + 1e-9  # the cost model's own promise
+    assert planned["runtime"] == "eager-bnfold"
+    names = [t["name"] for t in latency["targets"]]
+    if "error" in planned:
+        # Whether half the batch-1 latency is reachable with every group keeping a quarter of its units depends on
+        # the machine's per-operation overheads: an unreachable target is refused, named, and recorded as failed.
+        assert "budget unreachable" in planned["error"]
+        assert len(names) == 1 and "plan refused" in names[0] and not latency["targets"][0]["passed"]
+        rows = rows[:-1]
+    else:
+        assert planned["allocator"] == "cost_rank"
+        assert abs(planned["predicted_keep"] - 0.5) <= 0.02 * 0.5 + 1e-9  # the cost model's own promise
+        assert len(names) == 2 and "measured kept latency" in names[0] and "best hand-made plan" in names[1]
     for r in rows:  # timings are reported, never asserted (the machine is shared)
         assert r["verify_error"] <= 1e-4 and r["params_after"] < r["params_before"]
         assert isinstance(r["before_ms"], float) and isinstance(r["after_ms"], float)
-    names = [t["name"] for t in latency["targets"]]
-    assert len(names) == 2 and "measured kept latency" in names[0] and "best hand-made plan" in names[1]
 
 
 def test_detection_pipeline_runs_the_recipes_from_the_example_configs(tmp_path):
